@@ -1,0 +1,54 @@
+# Semantic image search: every developer and CI entry point.
+# `make run` starts the system locally; `make test` runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= extractor,search,export,dev
+# Where `make model` writes the exported model and `make run` serves it from.
+MODEL ?= auto
+MODEL_DIR ?= models/default
+SETUP_STAMP := $(VENV)/.installed-$(shell printf '%s' "$(EXTRAS)" | tr ',' '-')
+
+.PHONY: setup protos model run test check lint format bench clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+protos: setup
+	$(PY) scripts/gen_protos.py
+
+# VGG16 where its ImageNet weights can be had (online, or WEIGHTS=path/to/vgg16-397923af.pth),
+# otherwise the offline model, EfficientNet-Lite0. A valid existing export is kept.
+model: setup
+	$(PY) -m extractor_service.export --model $(MODEL) --out $(MODEL_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+run: model
+	$(PY) -m devenv.run --model-dir $(MODEL_DIR)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: lint
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+	$(PY) scripts/gen_protos.py --check
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) benchmarks/bench_preprocess.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

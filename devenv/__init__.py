@@ -1,0 +1,1 @@
+"""Development helpers: the local PostgreSQL cluster."""

@@ -1,0 +1,96 @@
+"""Runs the whole system locally: PostgreSQL, the extractor, the search service.
+
+``make run`` calls this. It stays in the foreground with both services' logs;
+Ctrl-C (or SIGTERM) stops the services gracefully, then the database. Data lives
+in the cluster directory and survives restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from devenv.postgres import DEFAULT_DATA_DIR, LocalPostgres, PostgresError
+
+
+def _spawn(module: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module, "--log-format", "text", *args])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("IMAGESEARCH_PGDATA", DEFAULT_DATA_DIR)),
+    )
+    parser.add_argument("--extractor-port", type=int, default=50051)
+    parser.add_argument("--search-port", type=int, default=50052)
+    options = parser.parse_args(argv)
+
+    try:
+        cluster = LocalPostgres(options.data_dir)
+        dsn = cluster.start()
+    except PostgresError as error:
+        sys.exit(f"error: {error}")
+    print(f"PostgreSQL: {dsn} (data in {cluster.data_dir})", flush=True)
+
+    extractor_address = f"127.0.0.1:{options.extractor_port}"
+    children = [
+        _spawn(
+            "extractor_service",
+            "--port",
+            str(options.extractor_port),
+            "--model-dir",
+            str(options.model_dir),
+        ),
+        _spawn(
+            "search_service",
+            "--port",
+            str(options.search_port),
+            "--database-url",
+            dsn,
+            "--extractor-address",
+            extractor_address,
+        ),
+    ]
+    print(
+        f"extractor: {extractor_address}   search: 127.0.0.1:{options.search_port}\n"
+        f"try: grpcurl -plaintext 127.0.0.1:{options.search_port} list   (Ctrl-C stops)",
+        flush=True,
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    status = 0
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        status = 1  # a service exited by itself: say so, stop the rest
+        print("a service exited; stopping the others", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reached the children too: they are already draining
+    finally:
+        forward(signal.SIGTERM, None)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        cluster.stop()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

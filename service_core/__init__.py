@@ -1,0 +1,1 @@
+"""The small gRPC server bootstrap that both services share."""

@@ -1,0 +1,64 @@
+"""Domain errors that carry their gRPC status; the error interceptor maps them."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class ServiceError(Exception):
+    """An error the caller may see: its message is sent as the status details.
+
+    Raise a subclass from servicers and the code below them; never build status
+    codes by hand. Anything that is not a ServiceError reaches the caller as a
+    generic INTERNAL with a correlation id, and its details stay in the log.
+    """
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """The request is malformed; retrying it unchanged cannot succeed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    """A named collection, key or resource does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    """The thing to create is already there."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    """The system is not in a state that allows the request (e.g. a model mismatch)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    """A limit was hit: a queue is full, an image is too large."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """A dependency (extractor, database) cannot be reached; retry with backoff."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before the work could be done."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

