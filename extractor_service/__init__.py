@@ -1,0 +1,1 @@
+"""gRPC service that turns images into CNN embeddings with ONNX Runtime."""
