@@ -1,0 +1,79 @@
+"""The extractor service process: its server, its model, their life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from extractor_service.batcher import Batcher
+from extractor_service.preprocess import PreprocessConfig
+from extractor_service.runtime import OnnxModel, available_cpus
+from extractor_service.servicer import Engine, ExtractorServicer
+from extractor_service.settings import ExtractorSettings
+from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
+from service_core.server import App, Service
+
+SERVICE_NAME = extractor_pb2.DESCRIPTOR.services_by_name["ExtractorService"].full_name
+
+
+class ExtractorApp(App):
+    """Serves ExtractorService once its model is loaded, checked and warmed up."""
+
+    settings: ExtractorSettings
+
+    def __init__(self, settings: ExtractorSettings) -> None:
+        super().__init__(settings)
+        self.servicer = ExtractorServicer(settings)
+
+    def services(self) -> Sequence[Service]:
+        return [
+            Service(
+                SERVICE_NAME,
+                lambda server: extractor_pb2_grpc.add_ExtractorServiceServicer_to_server(
+                    self.servicer, server
+                ),
+            )
+        ]
+
+    async def become_ready(self) -> None:
+        settings = self.settings
+
+        def load() -> OnnxModel:
+            model = OnnxModel.load(
+                settings.model_dir,
+                providers=settings.providers,
+                intra_op_threads=settings.intra_op_threads,
+            )
+            model.warm_up()
+            return model
+
+        model = await asyncio.to_thread(load)
+        manifest = model.manifest
+        batcher = Batcher(
+            model.run,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+        )
+        batcher.start()
+        self.servicer.engine = Engine(
+            model=model,
+            batcher=batcher,
+            preprocess=PreprocessConfig(
+                input_size=manifest.input_size,
+                resize_size=manifest.resize_size,
+                mean=manifest.mean,
+                std=manifest.std,
+                max_pixels=settings.max_image_pixels,
+            ),
+            decode_pool=ThreadPoolExecutor(
+                max_workers=settings.preprocess_workers or available_cpus(),
+                thread_name_prefix="decode",
+            ),
+        )
+
+    async def close(self) -> None:
+        engine, self.servicer.engine = self.servicer.engine, None
+        if engine is not None:
+            await engine.batcher.close()
+            engine.decode_pool.shutdown(wait=False, cancel_futures=True)

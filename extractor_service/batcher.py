@@ -1,0 +1,153 @@
+"""Dynamic batching: concurrent requests share one model run, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service_core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+Tensor = npt.NDArray[np.float32]
+
+
+class Admission:
+    """Counts images accepted but not yet answered, so queued work stays bounded.
+
+    Unary calls are refused at once when the work would not fit (the caller
+    retries with backoff); streams wait for room, which is their backpressure.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self._freed = asyncio.Event()
+
+    def try_admit(self, count: int) -> None:
+        if self.in_flight + count > self.capacity:
+            raise ResourceExhausted(
+                f"the extractor is busy: {self.in_flight} images in progress, room for "
+                f"{self.capacity}; retry with backoff"
+            )
+        self.in_flight += count
+
+    async def admit(self, count: int) -> None:
+        while self.in_flight + count > self.capacity:
+            self._freed.clear()
+            await self._freed.wait()
+        self.in_flight += count
+
+    def release(self, count: int) -> None:
+        self.in_flight -= count
+        self._freed.set()  # every waiter re-checks whether it now fits
+
+
+@dataclass
+class _Pending:
+    tensor: Tensor
+    future: asyncio.Future[Tensor]
+    deadline: float | None  # loop.time() after which the caller no longer waits
+
+
+class Batcher:
+    """Groups single-image tensors into batches and runs them on one worker thread.
+
+    A batch starts with the first waiting image and takes whatever else arrives
+    within ``max_wait_s``, up to ``max_batch_size``. Images whose caller has gone
+    (cancelled, or past its deadline) are dropped before the run.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Tensor], Tensor],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self._run = run
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._worker: asyncio.Task[None] | None = None
+        self.batches_run = 0
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("the extractor is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def embed(self, tensor: Tensor, deadline: float | None = None) -> Tensor:
+        """The model's output row for one preprocessed image."""
+        future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(tensor, future, deadline))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            closes = loop.time() + self._max_wait_s
+            while len(batch) < self._max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = closes - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = self._live(batch, loop.time())
+            if live:
+                await self._run_batch(live, loop)
+
+    @staticmethod
+    def _live(batch: list[_Pending], now: float) -> list[_Pending]:
+        live = []
+        for pending in batch:
+            if pending.future.done():  # the caller was cancelled
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                pending.future.set_exception(
+                    DeadlineExceeded("the deadline passed while the image waited for the model")
+                )
+                continue
+            live.append(pending)
+        return live
+
+    async def _run_batch(self, live: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        stacked = np.stack([p.tensor for p in live])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+        except asyncio.CancelledError:
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(Unavailable("the extractor is shutting down"))
+            raise
+        except Exception as error:  # handed to every caller of the batch
+            log.exception("model run failed", extra={"batch": len(live)})
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self.batches_run += 1
+        for pending, row in zip(live, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(row)
