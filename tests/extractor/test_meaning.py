@@ -25,7 +25,8 @@ def embed(lite0_model_dir: Path):
 
     def embed(data: bytes) -> np.ndarray:
         vector = model.run(preprocess(data, config, item="photo")[None])[0]
-        return vector / np.linalg.norm(vector)
+        normalised: np.ndarray = vector / np.linalg.norm(vector)
+        return normalised
 
     return embed
 
