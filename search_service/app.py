@@ -9,7 +9,12 @@ from collections.abc import Sequence
 import asyncpg
 
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.extractor_client import ExtractorClient
+from search_service.refit import Refitter
+from search_service.schema import migrate
+from search_service.servicer import SearchServicer
 from search_service.settings import SearchSettings
+from search_service.store import Store, init_connection
 from service_core.server import App, Service
 
 log = logging.getLogger(__name__)
@@ -18,43 +23,59 @@ SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
 class SearchApp(App):
-    """Serves SearchService once its PostgreSQL pool is open."""
+    """Serves SearchService once its PostgreSQL pool is open and the schema current."""
 
     settings: SearchSettings
 
     def __init__(self, settings: SearchSettings) -> None:
         super().__init__(settings)
+        self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
 
     def services(self) -> Sequence[Service]:
-        servicer = search_pb2_grpc.SearchServiceServicer()  # type: ignore[abstract]
         return [
             Service(
                 SERVICE_NAME,
                 lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(
-                    servicer, server
+                    self.servicer, server
                 ),
             )
         ]
 
     async def become_ready(self) -> None:
+        settings = self.settings
         # The database may come up after us (a pod starting beside its database):
         # keep trying, NOT_SERVING meanwhile, rather than crash-looping.
         delay = 0.5
-        while True:
+        while self.pool is None:
             try:
                 self.pool = await asyncpg.create_pool(
-                    self.settings.database_url,
-                    min_size=self.settings.pool_min_size,
-                    max_size=self.settings.pool_max_size,
+                    settings.database_url,
+                    min_size=settings.pool_min_size,
+                    max_size=settings.pool_max_size,
+                    init=init_connection,
                 )
-                return
             except (OSError, asyncpg.PostgresError) as error:
                 log.warning("database not reachable, retrying: %s", error, extra={"in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        async with self.pool.acquire() as connection:
+            await migrate(connection)
+        store = Store(self.pool)
+        self.servicer.refitter = Refitter(
+            store, dimensions=settings.projection_dimensions, sample=settings.projection_sample
+        )
+        self.servicer.extractor = ExtractorClient(
+            settings.extractor_address, max_message_bytes=settings.max_message_bytes
+        )
+        self.servicer.store = store
 
     async def close(self) -> None:
+        for task in list(self.servicer.background):
+            task.cancel()
+        await asyncio.gather(*self.servicer.background, return_exceptions=True)
+        if self.servicer.extractor is not None:
+            await self.servicer.extractor.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), self.settings.pool_close_timeout_s)

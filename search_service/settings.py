@@ -21,9 +21,32 @@ class SearchSettings(ServerSettings):
     pool_min_size: int = setting(1, "connections the pool keeps open")
     pool_max_size: int = setting(10, "most connections the pool opens")
     pool_close_timeout_s: float = setting(5.0, "seconds to wait for queries on shutdown")
+    extractor_timeout_s: float = setting(
+        60.0, "longest wait for the extractor when the caller set no deadline"
+    )
+    max_ingest_items: int = setting(256, "most items in one Ingest request")
+    stream_batch_items: int = setting(64, "IngestStream items written per transaction")
+    default_top_k: int = setting(10, "hits per page when a search asks for 0")
+    max_top_k: int = setting(1000, "most hits per page")
+    auto_fit_threshold: int = setting(
+        20_000, "fit a projection (enabling FAST search) once a collection has this many images"
+    )
+    projection_dimensions: int = setting(64, "PCA dimensions of the cube (1-100)")
+    projection_sample: int = setting(50_000, "vectors sampled to fit a projection")
+    default_probes: int = setting(32, "FAST: candidate lists probed when a search asks for 0")
+    default_candidates: int = setting(
+        200, "FAST: candidates re-ranked exactly when a search asks for 0"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 1 <= self.projection_dimensions <= 100:
+            raise ValueError(
+                f"projection_dimensions must be 1..100 (cube's limit), got "
+                f"{self.projection_dimensions}"
+            )
+        if not 1 <= self.default_top_k <= self.max_top_k:
+            raise ValueError("need 1 <= default_top_k <= max_top_k")
         if not 0 <= self.pool_min_size <= self.pool_max_size or self.pool_max_size < 1:
             raise ValueError(
                 f"need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1, "

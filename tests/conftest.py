@@ -40,13 +40,18 @@ def postgres() -> Iterator[LocalPostgres]:
 async def database_url(postgres: LocalPostgres) -> AsyncIterator[str]:
     """A fresh, empty database (cube installed) for one test; dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres.dsn("postgres"))
+    await _admin(postgres, f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+    yield postgres.dsn(name)
+    # A fresh connection: a test may have restarted the server meanwhile.
+    await _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(postgres: LocalPostgres, statement: str) -> None:
+    connection = await asyncpg.connect(postgres.dsn("postgres"))
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
-        yield postgres.dsn(name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(statement)
     finally:
-        await admin.close()
+        await connection.close()
 
 
 @pytest.fixture(scope="session")
