@@ -15,7 +15,9 @@ ENV_PREFIX = "EXTRACTOR_"
 class ExtractorSettings(ServerSettings):
     """Which model to serve, on what hardware, with which limits."""
 
-    model_dir: Path = setting(Path("models/vgg16"), "exported model directory (manifest.json)")
+    model_dir: Path = setting(
+        Path("models/default"), "exported model directory (model.onnx + manifest.json)"
+    )
     providers: tuple[str, ...] = setting(
         (), "ONNX Runtime execution providers, best first; empty picks TensorRT, CUDA, CPU"
     )

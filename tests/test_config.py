@@ -62,3 +62,17 @@ def test_help_names_each_environment_variable(capsys: pytest.CaptureFixture[str]
     shown = capsys.readouterr().out
     assert "--database-url" in shown
     assert "SEARCH_DATABASE_URL" in shown
+
+
+def test_readme_documents_every_setting() -> None:
+    import dataclasses
+
+    from service_core.settings import ServerSettings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shared = {f.name for f in dataclasses.fields(ServerSettings)}
+    for settings, prefix in ((ExtractorSettings, "EXTRACTOR_"), (SearchSettings, "SEARCH_")):
+        for field in dataclasses.fields(settings):
+            if prefix == "SEARCH_" and field.name in shared:
+                continue  # documented once, under the extractor's names
+            assert f"`{prefix}{field.name.upper()}`" in readme, field.name
