@@ -59,7 +59,8 @@ async def migrate(connection: Connection) -> list[int]:
                     migration.name,
                 )
             log.info(
-                "migration applied", extra={"version": migration.version, "name": migration.name}
+                "migration applied",
+                extra={"version": migration.version, "migration": migration.name},
             )
             applied.append(migration.version)
         return applied
