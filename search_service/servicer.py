@@ -143,6 +143,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     f"{collection.name!r} holds {target.describe()}",
                 )
         to_write = [i for i in items if i.pending]
+        if not to_write and not updates:
+            return [i.result for i in items]
         created = await store.write(
             collection,
             target,
