@@ -4,13 +4,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= extractor,search,export,dev
+EXTRAS ?= extractor,search,cli,export,dev
 # Where `make model` writes the exported model and `make run` serves it from.
 MODEL ?= auto
 MODEL_DIR ?= models/default
 SETUP_STAMP := $(VENV)/.installed-$(shell printf '%s' "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup protos model run test check lint format bench clean
+.PHONY: setup protos model run test check lint format bench deploy-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -33,6 +33,10 @@ run: model
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Render, validate and lint deploy/ (also part of `make test`).
+deploy-check: setup
+	$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

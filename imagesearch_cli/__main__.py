@@ -1,0 +1,145 @@
+"""Command line: ``imagesearch index|search|map|stats|delete|refit``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from imagesearch_cli import admin, files, indexing, searching, semantic_map
+from imagesearch_cli.client import DEFAULT_SERVER, Client, CliError
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    server_help = f"search service host:port (default: $IMAGESEARCH_SERVER or {DEFAULT_SERVER})"
+    parser = argparse.ArgumentParser(
+        prog="imagesearch", description="Index, search and map images over gRPC."
+    )
+    server = os.environ.get("IMAGESEARCH_SERVER", DEFAULT_SERVER)
+    parser.add_argument("--server", default=server, metavar="HOST:PORT", help=server_help)
+    parser.add_argument("--collection", default="", help="collection (default: 'default')")
+    # The same options after the subcommand too; SUPPRESS keeps the ones given first.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server", default=argparse.SUPPRESS, metavar="HOST:PORT", help=server_help
+    )
+    common.add_argument("--collection", default=argparse.SUPPRESS, help="collection")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", parents=[common], help="index a folder, recursively")
+    index.add_argument("dir", type=Path)
+    index.add_argument("--metadata-file", type=Path, help="JSON object: key -> metadata object")
+    index.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="upload without asking "
+        "what is stored first (the server still skips extraction for the same bytes)",
+    )
+
+    search = commands.add_parser("search", parents=[common], help="find similar images")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("image", nargs="?", type=Path, help="a query image file")
+    query.add_argument("--key", help="the key of a stored image instead")
+    search.add_argument("--top-k", type=_positive, default=10)
+    search.add_argument("--mode", choices=sorted(searching.MODES), default="auto")
+    search.add_argument(
+        "--filter", dest="metadata_filter", metavar="JSON", help='e.g. {"album": "pets"}'
+    )
+    search.add_argument("--root", type=Path, default=Path(), help="the folder that was indexed")
+    search.add_argument("--html", type=Path, help="write an HTML page of the results")
+    search.add_argument("--png", type=Path, help="write a PNG contact sheet of the results")
+
+    drawn = commands.add_parser("map", parents=[common], help="draw the 2-D semantic map")
+    drawn.add_argument("dir", nargs="?", type=Path, help="folder of indexed images")
+    drawn.add_argument("--root", type=Path, help="the folder that was indexed (default: DIR)")
+    drawn.add_argument("--key", action="append", default=[], help="map this key (repeatable)")
+    drawn.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    drawn.add_argument("--size", type=_positive, default=1600, help="canvas width in pixels")
+    drawn.add_argument("--thumb", type=_positive, default=72, help="thumbnail size in pixels")
+
+    stats = commands.add_parser("stats", parents=[common], help="a collection's statistics")
+    stats.add_argument("--all", dest="every", action="store_true", help="every collection")
+    delete = commands.add_parser("delete", parents=[common], help="delete images by key")
+    delete.add_argument("keys", nargs="+", metavar="KEY")
+    refit = commands.add_parser("refit", parents=[common], help="fit a new FAST projection")
+    refit.add_argument("--dimensions", type=int, default=0, help="1-100; 0: server default")
+    refit.add_argument("--lists", type=int, default=0, help="0: about sqrt(images)")
+    return parser
+
+
+def _map_keys(options: argparse.Namespace) -> tuple[list[str], Path]:
+    root: Path = options.root or options.dir or Path()
+    keys: list[str] = list(options.key)
+    if options.dir is not None:
+        if not options.dir.resolve().is_relative_to(root.resolve()):
+            raise CliError(f"{options.dir} is not inside --root {root}")
+        keys += [i.key for i in files.scan(options.dir.resolve(), root.resolve()).images]
+    if not keys:
+        raise CliError("nothing to map: give a folder of indexed images, or --key")
+    return list(dict.fromkeys(keys)), root
+
+
+def _dispatch(client: Client, options: argparse.Namespace) -> int:
+    command: str = options.command
+    if command == "index":
+        return indexing.run(
+            client, options.dir, metadata_file=options.metadata_file, check=options.check
+        )
+    if command == "search":
+        return searching.run(
+            client,
+            image=options.image,
+            key=options.key,
+            top_k=options.top_k,
+            mode=options.mode,
+            metadata_filter=options.metadata_filter,
+            root=options.root,
+            html=options.html,
+            png=options.png,
+        )
+    if command == "map":
+        keys, root = _map_keys(options)
+        return semantic_map.run(
+            client, keys, root=root, out=options.out, size=options.size, thumb=options.thumb
+        )
+    if command == "stats":
+        return admin.stats(client, every=options.every)
+    if command == "delete":
+        return admin.delete(client, options.keys)
+    return admin.refit(client, dimensions=options.dimensions, lists=options.lists)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    client = Client(options.server, options.collection)
+    try:
+        return _dispatch(client, options)
+    except grpc.RpcError as error:
+        message = client.explain(error)
+    except CliError as error:
+        message = str(error)
+    except OSError as error:  # a file that cannot be written or read
+        message = f"{error.filename or ''}: {error.strerror or error}".lstrip(": ")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``imagesearch index DIR``: upload a folder's images, resumably, with a summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from imagesearch.search.v1 import search_pb2
+from imagesearch_cli import files
+from imagesearch_cli.client import CALL_TIMEOUT_S, MAX_MESSAGE_BYTES, Client, CliError, code_name
+from imagesearch_cli.progress import Progress
+
+# A file this large would not fit in one message and would end the whole stream.
+MAX_FILE_BYTES = MAX_MESSAGE_BYTES - 1024 * 1024
+Todo = tuple[files.ImageFile, dict[str, Any]]
+
+
+@dataclass
+class Tally:
+    """What happened to each image."""
+
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("created", "updated", "unchanged", "failed"), 0)
+    )
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def fail(self, key: str, message: str) -> None:
+        self.counts["failed"] += 1
+        self.failures.append((key, message))
+
+    def record(self, result: search_pb2.IngestResult) -> None:
+        if result.status == search_pb2.INGEST_STATUS_FAILED:
+            self.fail(result.key, f"{code_name(result.error.code)}: {result.error.message}")
+        else:
+            name = search_pb2.IngestStatus.Name(result.status)
+            self.counts[name.removeprefix("INGEST_STATUS_").lower()] += 1
+
+
+def run(client: Client, folder: Path, *, metadata_file: Path | None, check: bool) -> int:
+    found = files.scan(folder)
+    mapping = files.load_mapping(metadata_file) if metadata_file else {}
+    tally = Tally()
+    todo: list[Todo] = []
+    for image in found.images:
+        if image.size > MAX_FILE_BYTES:
+            tally.fail(image.key, f"{image.size} bytes; at most {MAX_FILE_BYTES} fit a message")
+            continue
+        if not image.key.isprintable():
+            # Keys are UTF-8 strings: a name in another encoding decodes to surrogates,
+            # which are not printable and cannot be sent.
+            tally.fail(ascii(image.key), "the file name is not printable UTF-8; rename it")
+            continue
+        try:
+            todo.append((image, files.metadata_for(image, mapping)))
+        except CliError as error:
+            tally.fail(image.key, str(error))
+    stored = _ensure_collection(client)
+    started = time.monotonic()
+    progress = Progress(len(found.images), "indexing")
+    progress.advance(len(tally.failures))
+    sent = [0]
+    try:
+        if check and stored:
+            todo = _not_stored(client, todo, tally, progress)
+        _upload(client, todo, tally, progress, sent)
+    except KeyboardInterrupt:
+        raise CliError("interrupted; run the same command again to resume") from None
+    finally:
+        progress.close()
+    elapsed = max(time.monotonic() - started, 1e-6)
+    counts = tally.counts
+    print(
+        f"{len(found.images)} images in {elapsed:.1f} s ({len(found.images) / elapsed:.1f} "
+        f"images/s); uploaded {sent[0] / 1e6:.1f} MB ({sent[0] / 1e6 / elapsed:.1f} MB/s)"
+    )
+    print(", ".join(f"{name} {count}" for name, count in counts.items()))
+    if found.skipped:
+        print(f"skipped {len(found.skipped)} non-image files")
+    if tally.failures:
+        print("failures:")
+        for key, message in tally.failures:
+            print(f"  {key}: {message}")
+    return 1 if tally.failures else 0
+
+
+def _ensure_collection(client: Client) -> int:
+    """The collection's image count; creates it first, so indexing a new one is one step."""
+    request = search_pb2.GetCollectionStatsRequest(collection=client.collection)
+    try:
+        return client.stub.GetCollectionStats(
+            request, timeout=CALL_TIMEOUT_S
+        ).collection.image_count
+    except grpc.RpcError as error:
+        if not (isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND):
+            raise
+    create = search_pb2.CreateCollectionRequest(name=client.collection)
+    client.stub.CreateCollection(create, timeout=CALL_TIMEOUT_S)
+    print(f"created collection {client.collection!r}")
+    return 0
+
+
+def _not_stored(
+    client: Client, todo: Sequence[Todo], tally: Tally, progress: Progress
+) -> list[Todo]:
+    """The images whose bytes or metadata differ from what is stored.
+
+    The server would answer UNCHANGED for the others too, but only after receiving
+    every byte again; asking for each key's hash first makes a re-run upload nothing.
+    (Skipped for an empty collection, where every answer would be NOT_FOUND.)
+    """
+    stored = client.stored_images([image.key for image, _ in todo])
+    remaining: list[Todo] = []
+    for image, metadata in todo:
+        record = stored.get(image.key)
+        if (
+            record is not None
+            and record.content_sha256 == files.sha256_of(image.path)
+            and json_format.MessageToDict(record.metadata) == metadata
+        ):
+            tally.counts["unchanged"] += 1
+            progress.advance()
+        else:
+            remaining.append((image, metadata))
+    return remaining
+
+
+def _upload(
+    client: Client, todo: Sequence[Todo], tally: Tally, progress: Progress, sent: list[int]
+) -> None:
+    unreadable: list[tuple[str, str]] = []
+
+    def requests() -> Iterator[search_pb2.IngestStreamRequest]:
+        # gRPC reads this on its own thread, as fast as the server takes items, so
+        # only a window of the folder is in memory at once.
+        for image, metadata in todo:
+            try:
+                data = image.path.read_bytes()
+            except OSError as error:
+                unreadable.append((image.key, f"cannot read {image.path}: {error.strerror}"))
+                continue
+            sent[0] += len(data)
+            item = search_pb2.IngestItem(key=image.key, image=data)
+            if metadata:
+                item.metadata.update(metadata)
+            yield search_pb2.IngestStreamRequest(collection=client.collection, item=item)
+
+    if todo:
+        for response in client.stub.IngestStream(requests()):
+            tally.record(response.result)
+            progress.advance()
+    for key, message in unreadable:
+        tally.fail(key, message)
+        progress.advance()
