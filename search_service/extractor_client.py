@@ -15,8 +15,11 @@ from service_core.errors import DeadlineExceeded, ResourceExhausted, ServiceErro
 
 # Embed has no side effects, so gRPC may retry it when the extractor is briefly
 # unreachable or busy (a rolling update, a full queue).
+# round_robin spreads calls over every extractor address the name resolves to (a
+# headless Kubernetes Service lists each pod), instead of sticking to the first.
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{"service": "imagesearch.extractor.v1.ExtractorService"}],
@@ -28,7 +31,7 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
                 },
             }
-        ]
+        ],
     }
 )
 
