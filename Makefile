@@ -8,6 +8,8 @@ EXTRAS ?= extractor,search,cli,export,dev
 # Where `make model` writes the exported model and `make run` serves it from.
 MODEL ?= auto
 MODEL_DIR ?= models/default
+# fp32, or int8 (static quantization: 3.3-3.8x faster VGG16 on CPUs with VNNI).
+PRECISION ?= fp32
 SETUP_STAMP := $(VENV)/.installed-$(shell printf '%s' "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: setup protos model run test check lint format bench deploy-check clean
@@ -26,7 +28,8 @@ protos: setup
 # VGG16 where its ImageNet weights can be had (online, or WEIGHTS=path/to/vgg16-397923af.pth),
 # otherwise the offline model, EfficientNet-Lite0. A valid existing export is kept.
 model: setup
-	$(PY) -m extractor_service.export --model $(MODEL) --out $(MODEL_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m extractor_service.export --model $(MODEL) --precision $(PRECISION) \
+		--out $(MODEL_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 run: model
 	$(PY) -m devenv.run --model-dir $(MODEL_DIR)
