@@ -12,7 +12,7 @@ MODEL_DIR ?= models/default
 PRECISION ?= fp32
 SETUP_STAMP := $(VENV)/.installed-$(shell printf '%s' "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup protos model run test check lint format bench deploy-check clean
+.PHONY: setup protos model run test check lint format bench eval deploy-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -53,6 +53,14 @@ check: lint
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+# Retrieval quality (docs/quality.md): Fashion-MNIST and photo copies through the API,
+# beside numpy on the same vectors.
+eval: setup
+	@test -f $(FASHION_MNIST) || [ "$$(id -u)" != 0 ] || \
+		apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
+	$(PY) -m evaluation $(EVAL_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_preprocess.py
