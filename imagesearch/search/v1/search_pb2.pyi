@@ -466,7 +466,9 @@ class SearchRequest(_message.Message):
     """
     candidates: _builtins.int
     """FAST only: how many candidates to re-rank on full vectors. 0 means the service
-    default. More candidates, higher recall, slower.
+    default. More candidates, higher recall, slower. Raised to at least the page's end
+    (offset + top_k + 1). FAST ranks only the probed lists' rows, so with few probes a
+    page can hold fewer than top_k hits, and then it is the last page.
     """
     @_builtins.property
     def vector(self) -> Global___Vector:
