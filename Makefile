@@ -62,8 +62,13 @@ eval: setup
 		apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
 	$(PY) -m evaluation $(EVAL_ARGS)
 
+# Each prints its figures (docs/*-performance.md); BENCH_ARGS=--quick for a short run.
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_extractor.py --model vgg16 $(BENCH_ARGS)
+	$(PY) benchmarks/bench_precision.py
+	$(PY) benchmarks/bench_search.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
