@@ -94,22 +94,34 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     return started
 
 
-async def wait_for_signal() -> signal.Signals:
-    """Waits for SIGTERM or SIGINT and returns which one came."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def watch_signals() -> asyncio.Future[signal.Signals]:
+    """A future that the first SIGTERM or SIGINT completes.
+
+    The handlers stay installed until ``unwatch_signals()``: a second signal during
+    the graceful drain (Ctrl-C reaches a whole process group, and a supervisor may
+    forward SIGTERM as well) is logged instead of killing the process mid-drain.
+    """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
 
     def on_signal(sig: signal.Signals) -> None:
-        if not received.done():
+        if received.done():
+            log.info("already shutting down", extra={"signal": sig.name})
+        else:
             received.set_result(sig)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await received
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    return received
+
+
+def unwatch_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
 
 
 class App:
@@ -164,11 +176,12 @@ async def run_until_signal(app: App) -> int:
     Returns the process exit status: 0 after a signal, 1 when the app could not
     become ready (the reason is logged).
     """
-    await app.start()
-    assert app.ready_task is not None
-    stop_signal = asyncio.ensure_future(wait_for_signal())
+    stop_signal = watch_signals()
     try:
-        await asyncio.wait({stop_signal, app.ready_task}, return_when=asyncio.FIRST_COMPLETED)
+        await app.start()
+        assert app.ready_task is not None
+        either: set[asyncio.Future[Any]] = {stop_signal, app.ready_task}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if app.ready_task.done() and (failure := app.ready_task.exception()):
             log.error("could not become ready: %s", failure)
             return 1
@@ -176,6 +189,6 @@ async def run_until_signal(app: App) -> int:
         log.info("shutting down", extra={"signal": received.name})
         return 0
     finally:
-        stop_signal.cancel()
         await app.stop()
         log.info("stopped")
+        unwatch_signals()

@@ -60,6 +60,11 @@ async def test_sigterm_flips_health_then_exits_zero_within_grace(
             async with asyncio.timeout(GRACE_S):
                 update = await anext(statuses)
             assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Ctrl-C reaches a whole process group, and supervisors forward SIGTERM too:
+            # a second signal during the drain must not kill the process.
+            process.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.3)
+            assert process.returncode is None
             watch.cancel()  # the watch was the last call in flight
         async with asyncio.timeout(GRACE_S + 2):
             status = await process.wait()
