@@ -126,6 +126,7 @@ SELECT key, metadata, distance FROM (
            imagesearch_distance(unit, (SELECT imagesearch_chunks($2::float8[]))) AS distance
     FROM images
     WHERE collection_id = $1 AND key IS DISTINCT FROM $3 {filter}
+    OFFSET 0  -- a fence: else the outer filter is pushed down and every distance computed twice
 ) ranked
 WHERE distance <= $4
 ORDER BY distance, key
@@ -148,6 +149,7 @@ SELECT key, metadata, distance FROM (
            imagesearch_distance(i.unit, (SELECT imagesearch_chunks($6::float8[]))) AS distance
     FROM candidates c JOIN images i ON i.id = c.image_id
     WHERE i.key IS DISTINCT FROM $7 {filter}
+    OFFSET 0  -- a fence, as in EXACT
 ) ranked
 WHERE distance <= $8
 ORDER BY distance, key
