@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 import numpy as np
@@ -41,7 +41,6 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import faiss  # noqa: E402
 import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from benchmarks.search_peers import (  # noqa: E402
     FIGURES_HEADER,
@@ -52,7 +51,9 @@ from benchmarks.search_peers import (  # noqa: E402
     figures,
     load_average,
     rss_mib,
+    start_server,
     vector_binary,
+    wait_serving,
 )
 from benchmarks.synthetic import cnn_like_vectors, iter_cnn_like_vectors  # noqa: E402
 from devenv.postgres import LocalPostgres, free_port  # noqa: E402
@@ -96,6 +97,7 @@ HNSW_SETTINGS = [(16, 0), (64, 0), (256, 0), (100, 100), (200, 200)]
 PG_HNSW_SETTINGS = [(40, 0), (100, 0), (400, 0), (100, 100), (200, 200)]
 CUBE_SCAN_QUERIES = 20
 PGVECTOR_COPY_ROWS = 2_000
+GROUND_TRUTH_CHUNK = 16_384
 
 CUBE_SCAN = """
 SELECT image_id FROM image_lists
@@ -151,19 +153,55 @@ def unit64(matrix: Matrix) -> npt.NDArray[np.float64]:
     return doubled / np.maximum(norms, np.finfo(np.float64).tiny)
 
 
+def _exact_top(
+    query: npt.NDArray[np.float64], ids: npt.NDArray[np.int64], rows: Matrix
+) -> tuple[list[int], list[float]]:
+    """The exact top-K of candidate rows, ordered by (distance, key) as EXACT orders them."""
+    exact = np.linalg.norm(unit64(rows) - query, axis=1)
+    order = sorted(range(len(ids)), key=lambda i: (exact[i], f"r{ids[i]}"))[:K]
+    return [int(ids[i]) for i in order], [float(exact[i]) for i in order]
+
+
 def ground_truth(base: Matrix, queries: Matrix) -> tuple[list[list[int]], list[list[float]]]:
-    """Exact top-K ids and distances, ordered by (distance, key) as EXACT orders them."""
+    """Exact top-K ids and distances of the queries among ``base``."""
     dots = base @ queries.T  # the rows are unit vectors, so larger dot = nearer
-    ids: list[list[int]] = []
-    distances: list[list[float]] = []
     pool = min(len(base), K + 40)
+    truth = []
     for j, query in enumerate(unit64(queries)):
         near = np.argpartition(-dots[:, j], pool - 1)[:pool]
-        exact = np.linalg.norm(unit64(base[near]) - query, axis=1)
-        order = sorted(range(pool), key=lambda i: (exact[i], f"r{near[i]}"))[:K]
-        ids.append([int(near[i]) for i in order])
-        distances.append([float(exact[i]) for i in order])
-    return ids, distances
+        truth.append(_exact_top(query, near, base[near]))
+    return [ids for ids, _ in truth], [distances for _, distances in truth]
+
+
+def streamed_ground_truth(
+    n: int, options: argparse.Namespace, queries: Matrix
+) -> tuple[list[list[int]], list[list[float]]]:
+    """ground_truth() over rows 0..n regenerated in chunks, for N too large to hold."""
+    pool = K + 40
+    best_dots = np.full((len(queries), pool), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), pool), dtype=np.int64)
+    best_rows = np.zeros((len(queries), pool, options.dim), dtype=np.float32)
+    start = 0
+    chunks = iter_cnn_like_vectors(n, options.dim, batch=GROUND_TRUTH_CHUNK, spread=options.spread)
+    for chunk in chunks:
+        dots = chunk @ queries.T
+        take = min(pool, len(chunk))
+        for j in range(len(queries)):
+            top = np.argpartition(-dots[:, j], take - 1)[:take]
+            merged_dots = np.concatenate([best_dots[j], dots[top, j]])
+            keep = np.argpartition(-merged_dots, pool - 1)[:pool]
+            merged_ids = np.concatenate([best_ids[j], top + start])
+            merged_rows = np.concatenate([best_rows[j], chunk[top]])
+            best_dots[j], best_ids[j], best_rows[j] = (
+                merged_dots[keep],
+                merged_ids[keep],
+                merged_rows[keep],
+            )
+        start += len(chunk)
+    truth = [
+        _exact_top(query, best_ids[j], best_rows[j]) for j, query in enumerate(unit64(queries))
+    ]
+    return [ids for ids, _ in truth], [distances for _, distances in truth]
 
 
 def numpy_search(base: Matrix, query: Matrix) -> list[int]:
@@ -179,37 +217,6 @@ def ids_of(keys: Sequence[str]) -> list[int]:
 # -- the service -------------------------------------------------------------------------
 
 
-def start_server(dsn: str, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """``python -m search_service`` against the cube cluster; vectors-only, no auto-fit."""
-    env = os.environ | {
-        "SEARCH_DATABASE_URL": dsn,
-        "SEARCH_PORT": str(port),
-        "SEARCH_EXTRACTOR_ADDRESS": "127.0.0.1:1",
-        "SEARCH_AUTO_FIT_THRESHOLD": str(10**9),
-        "SEARCH_GRACE_PERIOD_S": "0",
-        "SEARCH_LOG_LEVEL": "WARNING",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "search_service"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-
-
-async def wait_serving(channel: grpc.aio.Channel, server: subprocess.Popen[bytes]) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"search_service exited with {server.returncode}")
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.5)
-    raise RuntimeError("search_service did not report SERVING within 120 s")
-
-
 async def vector_codec(connection: asyncpg.Connection[Any]) -> None:
     await connection.set_type_codec(
         "vector", schema="public", encoder=vector_binary, decoder=bytes, format="binary"
@@ -221,19 +228,20 @@ async def vector_codec(connection: asyncpg.Connection[Any]) -> None:
 
 async def ingest(run: Run, collection: Collection, n: int) -> tuple[float, bool]:
     """Writes rows loaded..n through Store.write; returns rows/s and whether lists were live."""
-    model = ModelKey("synthetic-cnn", "v1", run.base.shape[1])
+    model = ModelKey("synthetic-cnn", "v1", run.options.dim)
     with_lists = collection.serving_version is not None
     seconds = 0.0
     start = run.loaded
     for chunk in iter_cnn_like_vectors(
         n - start,
-        run.base.shape[1],
+        run.options.dim,
         batch=run.options.batch,
         start=start,
         spread=run.options.spread,
     ):
         rows = len(chunk)
-        run.base[run.loaded : run.loaded + rows] = chunk
+        held = max(0, min(rows, len(run.base) - run.loaded))  # rows past --peers-up-to: not kept
+        run.base[run.loaded : run.loaded + held] = chunk[:held]
         images = [NewImage(f"r{run.loaded + j}", None, {}, chunk[j]) for j in range(rows)]
         began = time.perf_counter()
         await run.store.write(collection, model, images)
@@ -293,18 +301,27 @@ async def measure_size(run: Run, n: int) -> None:
         f"{lists_bytes / n:.0f} B/row, database {database / 2**30:.2f} GiB"
     )
 
+    peers = n <= len(run.base)
     base = run.base[:n]
-    truth, truth_distances = ground_truth(base, run.queries)
     results: list[Figures] = []
-
-    # numpy brute force over the full vectors, in this process.
-    timings_n: list[float] = []
-    found_n: list[list[int]] = []
-    for query in run.queries:
+    if peers:
+        truth, truth_distances = ground_truth(base, run.queries)
+        # numpy brute force over the full vectors, in this process.
+        timings_n: list[float] = []
+        found_n: list[list[int]] = []
+        for query in run.queries:
+            began = time.perf_counter()
+            found_n.append(numpy_search(base, query))
+            timings_n.append(time.perf_counter() - began)
+        results.append(figures(f"numpy brute force ({options.dim}-D)", timings_n, found_n, truth))
+    else:
         began = time.perf_counter()
-        found_n.append(numpy_search(base, query))
-        timings_n.append(time.perf_counter() - began)
-    results.append(figures(f"numpy brute force ({options.dim}-D)", timings_n, found_n, truth))
+        truth, truth_distances = streamed_ground_truth(n, options, run.queries)
+        say(
+            f"peers   skipped above --peers-up-to {options.peers_up_to:,} (numpy and FAISS "
+            f"would hold {n * options.dim * 4 / 2**30:.0f} GiB each in RAM, pgvector as much "
+            f"on disk); ground truth streamed in {time.perf_counter() - began:.0f} s"
+        )
 
     # EXACT at the store layer, checked against the numpy answers.
     exact_count = options.exact_queries or (10 if n <= 25_000 else 5)
@@ -402,9 +419,11 @@ async def measure_size(run: Run, n: int) -> None:
     results.append(grpc_fast)
     rss, peak = rss_mib(run.server.pid)
 
-    results += faiss_peers(run, base, projection, truth)
-    pg_results, pg_notes = await pgvector_peers(run, base, projection, truth)
-    results += pg_results
+    pg_notes: list[str] = []
+    if peers:
+        results += faiss_peers(run, base, projection, truth)
+        pg_results, pg_notes = await pgvector_peers(run, base, projection, truth)
+        results += pg_results
 
     say(
         f"queries {len(run.queries)} held-out vectors (EXACT: {exact_count}; plain cube scan: "
@@ -414,7 +433,7 @@ async def measure_size(run: Run, n: int) -> None:
     for result in results:
         say(result.row())
     say(
-        f"check   EXACT == numpy top-{K} on {same}/{exact_count} queries; "
+        f"check   EXACT == exact top-{K} on {same}/{exact_count} queries; "
         f"max |distance difference| {worst:.1e}"
     )
     for note in pg_notes:
@@ -422,41 +441,45 @@ async def measure_size(run: Run, n: int) -> None:
 
     fast_default = fast[default]
     target = fast_default.recall or 0.0
-    faiss_hnsw = [r for r in results if r.label.startswith("FAISS HNSW")]
-    pg_hnsw = [r for r in results if r.label.startswith("pgvector HNSW")]
-    faiss_equal = at_equal_recall(faiss_hnsw, target)
-    pg_equal = at_equal_recall(pg_hnsw, target)
     fast_95 = at_equal_recall(list(fast.values()), 0.95, slack=0.0)
-    pg_95 = at_equal_recall(pg_hnsw, 0.95, slack=0.0)
-    say(f"compare at FAST default's recall {target:.3f} (peers within 0.005 below it):")
     say(
-        f"  FAISS   {faiss_equal.label}: {faiss_equal.p50_ms:.2f} ms, R@10 {faiss_equal.recall:.3f}"
+        f"compare plain cube scan/FAST default {cube_scan.p50_ms / fast_default.p50_ms:.1f}x; "
+        f"fastest FAST at R@10 >= 0.95: {fast_95.label.removeprefix('FAST store ')} "
+        f"{fast_95.p50_ms:.2f} ms (R@10 {fast_95.recall:.3f})"
     )
-    say(f"  pgvector {pg_equal.label}: {pg_equal.p50_ms:.2f} ms, R@10 {pg_equal.recall:.3f}")
-    say(
-        f"  FAST/pgvector p50 ratio {fast_default.p50_ms / pg_equal.p50_ms:.1f}x; "
-        f"FAST/FAISS {fast_default.p50_ms / faiss_equal.p50_ms:.0f}x; "
-        f"plain cube scan/FAST {cube_scan.p50_ms / fast_default.p50_ms:.1f}x"
-    )
-    say(
-        f"  fastest at R@10 >= 0.95: FAST {fast_95.label.removeprefix('FAST store ')} "
-        f"{fast_95.p50_ms:.2f} ms (R@10 {fast_95.recall:.3f}); pgvector "
-        f"{pg_95.label.removeprefix('pgvector ')} {pg_95.p50_ms:.2f} ms (R@10 "
-        f"{pg_95.recall:.3f}): ratio {fast_95.p50_ms / pg_95.p50_ms:.1f}x"
-    )
-    say(f"memory  search_service RSS {rss:.0f} MiB (peak {peak:.0f} MiB) after these queries")
-
     step.values["EXACT p50 ms"] = exact.p50_ms
     step.values["FAST default p50 ms"] = fast_default.p50_ms
     step.values["FAST default R@10"] = target
     step.values["FAST gRPC p50 ms"] = grpc_fast.p50_ms
     step.values["plain cube scan p50 ms"] = cube_scan.p50_ms
-    step.values["numpy p50 ms"] = results[0].p50_ms
-    step.values["FAISS flat p50 ms"] = next(
-        r.p50_ms for r in results if r.label.startswith("FAISS IndexFlatL2")
-    )
-    step.values["pgvector equal-recall p50 ms"] = pg_equal.p50_ms
-    step.values["FAST/pgvector ratio"] = fast_default.p50_ms / pg_equal.p50_ms
+    if peers:
+        faiss_hnsw = [r for r in results if r.label.startswith("FAISS HNSW")]
+        pg_hnsw = [r for r in results if r.label.startswith("pgvector HNSW")]
+        faiss_equal = at_equal_recall(faiss_hnsw, target)
+        pg_equal = at_equal_recall(pg_hnsw, target)
+        pg_95 = at_equal_recall(pg_hnsw, 0.95, slack=0.0)
+        say(f"        at FAST default's recall {target:.3f} (peers within 0.005 below it):")
+        say(
+            f"  FAISS   {faiss_equal.label}: {faiss_equal.p50_ms:.2f} ms, "
+            f"R@10 {faiss_equal.recall:.3f}"
+        )
+        say(f"  pgvector {pg_equal.label}: {pg_equal.p50_ms:.2f} ms, R@10 {pg_equal.recall:.3f}")
+        say(
+            f"  FAST/pgvector p50 ratio {fast_default.p50_ms / pg_equal.p50_ms:.1f}x; "
+            f"FAST/FAISS {fast_default.p50_ms / faiss_equal.p50_ms:.0f}x"
+        )
+        say(
+            f"  at R@10 >= 0.95: pgvector {pg_95.label.removeprefix('pgvector ')} "
+            f"{pg_95.p50_ms:.2f} ms (R@10 {pg_95.recall:.3f}): FAST/pgvector "
+            f"{fast_95.p50_ms / pg_95.p50_ms:.1f}x"
+        )
+        step.values["numpy p50 ms"] = results[0].p50_ms
+        step.values["FAISS flat p50 ms"] = next(
+            r.p50_ms for r in results if r.label.startswith("FAISS IndexFlatL2")
+        )
+        step.values["pgvector equal-recall p50 ms"] = pg_equal.p50_ms
+        step.values["FAST/pgvector ratio"] = fast_default.p50_ms / pg_equal.p50_ms
+    say(f"memory  search_service RSS {rss:.0f} MiB (peak {peak:.0f} MiB) after these queries")
     step.values["server RSS MiB"] = rss
 
 
@@ -661,7 +684,9 @@ async def main_async(options: argparse.Namespace) -> None:
             warmup=cnn_like_vectors(
                 WARMUP, options.dim, start=QUERY_START + options.queries, spread=options.spread
             ),
-            base=np.empty((max(options.sizes), options.dim), dtype=np.float32),
+            base=np.empty(
+                (min(max(options.sizes), options.peers_up_to), options.dim), dtype=np.float32
+            ),
         )
         for n in options.sizes:
             await measure_size(run, n)
@@ -705,6 +730,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--exact-queries", type=int, default=0, help="EXACT queries (10, or 5 above 25k)"
     )
     parser.add_argument("--batch", type=int, default=500, help="rows per Store.write")
+    parser.add_argument(
+        "--peers-up-to",
+        type=int,
+        default=250_000,
+        help="largest N at which numpy, FAISS and pgvector run (they hold the vectors)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
