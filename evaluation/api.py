@@ -72,16 +72,16 @@ class Api:
                 fields.update(dict(metadata))
                 yield search_pb2.IngestStreamRequest(
                     collection=collection,
-                    item=search_pb2.IngestItem(key=key, image=data, metadata=fields),
+                    items=[search_pb2.IngestItem(key=key, image=data, metadata=fields)],
                 )
 
         started = time.perf_counter()
         stored = 0
         async for response in self.search.IngestStream(requests(), timeout=3600):
-            result = response.result
-            if result.status == search_pb2.INGEST_STATUS_FAILED:
-                raise RuntimeError(f"ingest of {result.key!r} failed: {result.error.message}")
-            stored += 1
+            for result in response.results:
+                if result.status == search_pb2.INGEST_STATUS_FAILED:
+                    raise RuntimeError(f"ingest of {result.key!r} failed: {result.error.message}")
+                stored += 1
         if stored != len(images):
             raise RuntimeError(f"IngestStream answered {stored} of {len(images)} items")
         return time.perf_counter() - started

@@ -148,12 +148,14 @@ def _upload(
             item = search_pb2.IngestItem(key=image.key, image=data)
             if metadata:
                 item.metadata.update(metadata)
-            yield search_pb2.IngestStreamRequest(collection=client.collection, item=item)
+            # One image per message: images are large, so messages are few anyway.
+            yield search_pb2.IngestStreamRequest(collection=client.collection, items=[item])
 
     if todo:
         for response in client.stub.IngestStream(requests()):
-            tally.record(response.result)
-            progress.advance()
+            for result in response.results:
+                tally.record(result)
+                progress.advance()
     for key, message in unreadable:
         tally.fail(key, message)
         progress.advance()

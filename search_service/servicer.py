@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import math
@@ -100,11 +101,55 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         request_iterator: AsyncIterator[search_pb2.IngestStreamRequest],
         context: Context,
     ) -> AsyncIterator[search_pb2.IngestStreamResponse]:
+        self._ready()  # UNAVAILABLE before reading the stream while starting
+        # Batches are written concurrently, each in its own transaction on its own
+        # connection, while results go back in stream order. A batch that shares a key
+        # with one in flight waits for it, so the stream's last write of a key wins.
+        in_flight: collections.deque[tuple[asyncio.Task[list[search_pb2.IngestResult]], _Batch]]
+        in_flight = collections.deque()
+        answer = search_pb2.IngestStreamResponse()  # the request message being answered
+
+        async def completed() -> AsyncIterator[search_pb2.IngestStreamResponse]:
+            nonlocal answer
+            task, batch = in_flight.popleft()
+            for result, last in zip(await task, batch.ends, strict=True):
+                answer.results.append(result)
+                if last:
+                    yield answer
+                    answer = search_pb2.IngestStreamResponse()
+
+        try:
+            try:
+                batches = _batches(request_iterator, self._settings.stream_batch_items)
+                async for batch in batches:
+                    while in_flight and (
+                        len(in_flight) >= self._settings.ingest_concurrency
+                        or any(batch.keys & earlier.keys for _, earlier in in_flight)
+                    ):
+                        async for response in completed():
+                            yield response
+                    work = self._ingest_into(batch.collection, batch.items, self._timeout(context))
+                    in_flight.append((asyncio.create_task(work), batch))
+            except InvalidArgument:
+                # A malformed request message: answer the items before it, then fail.
+                while in_flight:
+                    async for response in completed():
+                        yield response
+                raise
+            while in_flight:
+                async for response in completed():
+                    yield response
+        finally:
+            # The stream failed or the caller went away: later batches roll back.
+            for task, _ in in_flight:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
+
+    async def _ingest_into(
+        self, name: str, messages: Sequence[search_pb2.IngestItem], timeout_s: float
+    ) -> list[search_pb2.IngestResult]:
         store, _, _ = self._ready()
-        async for name, items in _batches(request_iterator, self._settings.stream_batch_items):
-            collection = await store.collection(name)
-            for result in await self._ingest(collection, items, self._timeout(context)):
-                yield search_pb2.IngestStreamResponse(result=result)
+        return await self._ingest(await store.collection(name), messages, timeout_s)
 
     async def _ingest(
         self, collection: Collection, messages: Sequence[search_pb2.IngestItem], timeout_s: float
@@ -417,15 +462,25 @@ def _hit(hit: Hit, rank: int) -> search_pb2.SearchHit:
     )
 
 
+@dataclass
+class _Batch:
+    """Stream items written in one transaction; ``ends[i]``: item i closes its message."""
+
+    collection: str
+    items: list[search_pb2.IngestItem] = field(default_factory=list)
+    ends: list[bool] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+
 async def _batches(
     requests: AsyncIterator[search_pb2.IngestStreamRequest], size: int
-) -> AsyncIterator[tuple[str, list[search_pb2.IngestItem]]]:
-    """Groups a stream's items by collection into batches of distinct keys.
+) -> AsyncIterator[_Batch]:
+    """Regroups a stream's items, in order, into batches of distinct keys of one collection.
 
     A batch closes when full, when the collection changes, when a key repeats, or
-    when the client pauses, so a client that waits for each result is answered.
+    when the client pauses, so a client that waits for each answer gets it.
     """
-    queue: asyncio.Queue[search_pb2.IngestStreamRequest | None] = asyncio.Queue(maxsize=size)
+    queue: asyncio.Queue[search_pb2.IngestStreamRequest | None] = asyncio.Queue(maxsize=4)
 
     async def read() -> None:
         async for request in requests:
@@ -433,28 +488,51 @@ async def _batches(
         await queue.put(None)
 
     reader = asyncio.create_task(read())
+    # (collection, item, closes its message); an item of None stands for a bad message,
+    # raised once the items before it are batched.
+    waiting: collections.deque[tuple[str, search_pb2.IngestItem | None, bool]]
+    waiting = collections.deque()
+    received = 0
+
+    def unpack(request: search_pb2.IngestStreamRequest) -> None:
+        nonlocal received
+        if not request.items:
+            waiting.append((f"request message {received}: items: send at least one", None, True))
+        received += 1
+        last = len(request.items) - 1
+        for i, item in enumerate(request.items):
+            waiting.append((request.collection, item, i == last))
+
     try:
-        pending: search_pb2.IngestStreamRequest | None = await _next(queue, reader)
-        while pending is not None:
-            name, batch, keys = pending.collection, [pending.item], {pending.item.key}
-            pending, ended = None, False
-            while len(batch) < size:
-                if queue.empty():
-                    await asyncio.sleep(0)  # let the reader add what has already arrived
+        ended = False
+        while not ended:
+            if not waiting:
+                request = await _next(queue, reader)
+                if request is None:
+                    return
+                unpack(request)
+            if waiting[0][1] is None:
+                raise InvalidArgument(waiting[0][0])
+            batch = _Batch(waiting[0][0])
+            while len(batch.items) < size:
+                if not waiting:
+                    if queue.empty():
+                        await asyncio.sleep(0)  # let the reader add what has already arrived
                     if queue.empty():
                         break
-                candidate = queue.get_nowait()
-                if candidate is None:
-                    ended = True
+                    request = queue.get_nowait()
+                    if request is None:
+                        ended = True
+                        break
+                    unpack(request)
+                name, item, last = waiting[0]
+                if item is None or name != batch.collection or item.key in batch.keys:
                     break
-                if candidate.collection != name or candidate.item.key in keys:
-                    pending = candidate
-                    break
-                batch.append(candidate.item)
-                keys.add(candidate.item.key)
-            yield name, batch
-            if pending is None and not ended:
-                pending = await _next(queue, reader)
+                waiting.popleft()
+                batch.items.append(item)
+                batch.ends.append(last)
+                batch.keys.add(item.key)
+            yield batch
     finally:
         reader.cancel()
 

@@ -26,6 +26,9 @@ class SearchSettings(ServerSettings):
     )
     max_ingest_items: int = setting(256, "most items in one Ingest request")
     stream_batch_items: int = setting(64, "IngestStream items written per transaction")
+    ingest_concurrency: int = setting(
+        2, "IngestStream batches written at once, each on its own connection"
+    )
     default_top_k: int = setting(10, "hits per page when a search asks for 0")
     max_top_k: int = setting(1000, "most hits per page")
     auto_fit_threshold: int = setting(
@@ -44,6 +47,11 @@ class SearchSettings(ServerSettings):
             raise ValueError(
                 f"projection_dimensions must be 1..100 (cube's limit), got "
                 f"{self.projection_dimensions}"
+            )
+        if self.ingest_concurrency < 1 or self.stream_batch_items < 1:
+            raise ValueError(
+                f"need ingest_concurrency >= 1 and stream_batch_items >= 1, got "
+                f"{self.ingest_concurrency} and {self.stream_batch_items}"
             )
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ValueError("need 1 <= default_top_k <= max_top_k")

@@ -16,6 +16,7 @@ from tests import photos
 from tests.search.conftest import StartSearch, Stub
 
 MODEL = search_pb2.Model(name="synthetic", version="v1", dimension=32)
+ONES = np.ones(32, dtype=np.float32)
 
 
 def vector_item(key: str, values: np.ndarray, **metadata: Any) -> search_pb2.IngestItem:
@@ -240,27 +241,100 @@ async def test_same_bytes_are_not_re_extracted_and_metadata_updates(search: Stub
     assert replaced.results[0].status == search_pb2.INGEST_STATUS_UPDATED
 
 
-async def test_stream_ingest_answers_each_item_in_order(search: Stub) -> None:
-    names = ["chelsea", "coffee", "rocket", "astronaut"]
+async def test_stream_ingest_answers_each_message_in_order(search: Stub) -> None:
+    messages = [["chelsea"], ["coffee", "broken", "rocket"], ["astronaut"]]
     requests = [
-        search_pb2.IngestStreamRequest(item=image_item(n, photos.photo_bytes(n))) for n in names
+        search_pb2.IngestStreamRequest(
+            items=[
+                image_item(n, b"not an image" if n == "broken" else photos.photo_bytes(n))
+                for n in names
+            ]
+        )
+        for names in messages
     ]
-    requests.insert(2, search_pb2.IngestStreamRequest(item=image_item("broken", b"not an image")))
-    results = [r.result async for r in search.IngestStream(iter(requests))]
-    assert [r.key for r in results] == ["chelsea", "coffee", "broken", "rocket", "astronaut"]
+    responses = [r async for r in search.IngestStream(iter(requests))]
+    assert [[r.key for r in response.results] for response in responses] == messages
+    results = [r for response in responses for r in response.results]
     assert results[2].status == search_pb2.INGEST_STATUS_FAILED
     assert results[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "broken" in results[2].error.message
     assert {r.status for r in results[:2] + results[3:]} == {search_pb2.INGEST_STATUS_CREATED}
 
 
+async def test_concurrent_stream_batches_answer_in_order_and_last_write_wins(
+    start_search: StartSearch,
+) -> None:
+    _, stub = await start_search(
+        extractor_address="127.0.0.1:1", stream_batch_items=3, ingest_concurrency=3
+    )
+    matrix = clustered(20)
+    writes = [(f"k{i}", i) for i in range(12)]
+    writes += [("k4", 12), ("k5", 13), *((f"k{i}", i) for i in range(12, 16)), ("k4", 19)]
+    sizes = [1, 4, 2, 5, 1, 3, 2, 1]  # messages straddle the batches of 3
+    assert sum(sizes) == len(writes)
+    requests, start = [], 0
+    for size in sizes:
+        chunk = writes[start : start + size]
+        items = [vector_item(key, matrix[row]) for key, row in chunk]
+        requests.append(search_pb2.IngestStreamRequest(items=items))
+        start += size
+    responses = [r async for r in stub.IngestStream(iter(requests))]
+    assert [len(r.results) for r in responses] == sizes
+    results = [r for response in responses for r in response.results]
+    assert [r.key for r in results] == [key for key, _ in writes]
+    first = [key not in {k for k, _ in writes[:n]} for n, (key, _) in enumerate(writes)]
+    assert [r.status for r in results] == [
+        search_pb2.INGEST_STATUS_CREATED if new else search_pb2.INGEST_STATUS_UPDATED
+        for new in first
+    ]
+    for key, row in (("k4", 19), ("k5", 13), ("k15", 15)):
+        stored = await stub.GetImage(search_pb2.GetImageRequest(key=key, include_embedding=True))
+        assert stored.image.embedding.values == pytest.approx(matrix[row].tolist(), abs=0)
+    stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
+    assert stats.collection.image_count == 16
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "fragment"),
+    [
+        (
+            search_pb2.IngestStreamRequest(collection="nope", items=[vector_item("x", ONES)]),
+            grpc.StatusCode.NOT_FOUND,
+            "collection 'nope'",
+        ),
+        (
+            search_pb2.IngestStreamRequest(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request message 1: items",
+        ),
+    ],
+)
+async def test_stream_answers_what_it_wrote_before_failing(
+    vectors_only: Stub, bad: search_pb2.IngestStreamRequest, code: grpc.StatusCode, fragment: str
+) -> None:
+    matrix = clustered(4)
+    good = [vector_item(f"v{i}", matrix[i]) for i in range(4)]
+    requests = [search_pb2.IngestStreamRequest(items=good), bad]
+    answered: list[str] = []
+
+    async def read_all() -> None:
+        async for response in vectors_only.IngestStream(iter(requests)):
+            answered.extend(r.key for r in response.results)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all()
+    assert caught.value.code() == code
+    assert fragment in (caught.value.details() or "")
+    assert answered == ["v0", "v1", "v2", "v3"]
+    stats = await vectors_only.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
+    assert stats.collection.image_count == 4
+
+
 async def test_vectors_of_another_model_are_refused(search: Stub) -> None:
     await search.Ingest(
         search_pb2.IngestRequest(items=[image_item("cat", photos.photo_bytes("chelsea"))])
     )
-    response = await search.Ingest(
-        search_pb2.IngestRequest(items=[vector_item("alien", np.ones(32, dtype=np.float32))])
-    )
+    response = await search.Ingest(search_pb2.IngestRequest(items=[vector_item("alien", ONES)]))
     result = response.results[0]
     assert result.status == search_pb2.INGEST_STATUS_FAILED
     assert result.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]

@@ -377,27 +377,30 @@ Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
 
 @_typing.final
 class IngestStreamRequest(_message.Message):
-    """Request message of SearchService.IngestStream: one item."""
+    """Request message of SearchService.IngestStream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     COLLECTION_FIELD_NUMBER: _builtins.int
-    ITEM_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Target collection; empty means "default"."""
     @_builtins.property
-    def item(self) -> Global___IngestItem:
-        """The item."""
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestItem]:
+        """One or more items. Bulk loaders send many (e.g. 100-1000) per message: each
+        message costs far more than an item. Items are written in stream order, so when
+        a key repeats, its last item wins.
+        """
 
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
-        item: Global___IngestItem | None = ...,
+        items: _abc.Iterable[Global___IngestItem] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,23 +408,23 @@ Global___IngestStreamRequest: _TypeAlias = IngestStreamRequest  # noqa: Y015
 
 @_typing.final
 class IngestStreamResponse(_message.Message):
-    """Response message of SearchService.IngestStream: one item's result."""
+    """Response message of SearchService.IngestStream: the results of one request message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    RESULT_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def result(self) -> Global___IngestResult:
-        """The item's result."""
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestResult]:
+        """One result per item of the matching request message, in its order."""
 
     def __init__(
         self,
         *,
-        result: Global___IngestResult | None = ...,
+        results: _abc.Iterable[Global___IngestResult] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

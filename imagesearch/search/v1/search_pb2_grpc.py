@@ -105,9 +105,12 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def IngestStream(self, request_iterator, context):
-        """Bulk variant of Ingest: one item per request message, one result per response
-        message in the same order. Items are grouped into batches, each written in one
-        transaction; a result is sent once its batch is committed.
+        """Bulk variant of Ingest: a stream of request messages, each with one or more items,
+        answered by one response message per request message, in the same order, with one
+        result per item. Items are regrouped into batches of the service's
+        stream_batch_items, each written in one transaction; a response is sent once all of
+        its items' batches are committed. If the stream fails, items without a result may
+        or may not have been written: re-sending them is safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

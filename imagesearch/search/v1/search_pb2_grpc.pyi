@@ -44,9 +44,12 @@ class SearchServiceStub:
     length) is reported and not stored, and the others are stored.
     """
     IngestStream: _grpc.StreamStreamMultiCallable[_search_pb2.IngestStreamRequest, _search_pb2.IngestStreamResponse]
-    """Bulk variant of Ingest: one item per request message, one result per response
-    message in the same order. Items are grouped into batches, each written in one
-    transaction; a result is sent once its batch is committed.
+    """Bulk variant of Ingest: a stream of request messages, each with one or more items,
+    answered by one response message per request message, in the same order, with one
+    result per item. Items are regrouped into batches of the service's
+    stream_batch_items, each written in one transaction; a response is sent once all of
+    its items' batches are committed. If the stream fails, items without a result may
+    or may not have been written: re-sending them is safe.
     """
     Search: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]
     """Ranks the collection's images by distance to a query image, stored key or vector."""
@@ -84,9 +87,12 @@ class SearchServiceAsyncStub(SearchServiceStub):
     length) is reported and not stored, and the others are stored.
     """
     IngestStream: _aio.StreamStreamMultiCallable[_search_pb2.IngestStreamRequest, _search_pb2.IngestStreamResponse]  # type: ignore[assignment]
-    """Bulk variant of Ingest: one item per request message, one result per response
-    message in the same order. Items are grouped into batches, each written in one
-    transaction; a result is sent once its batch is committed.
+    """Bulk variant of Ingest: a stream of request messages, each with one or more items,
+    answered by one response message per request message, in the same order, with one
+    result per item. Items are regrouped into batches of the service's
+    stream_batch_items, each written in one transaction; a response is sent once all of
+    its items' batches are committed. If the stream fails, items without a result may
+    or may not have been written: re-sending them is safe.
     """
     Search: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
     """Ranks the collection's images by distance to a query image, stored key or vector."""
@@ -133,9 +139,12 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_search_pb2.IngestStreamRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_search_pb2.IngestStreamResponse], _abc.AsyncIterator[_search_pb2.IngestStreamResponse]]:
-        """Bulk variant of Ingest: one item per request message, one result per response
-        message in the same order. Items are grouped into batches, each written in one
-        transaction; a result is sent once its batch is committed.
+        """Bulk variant of Ingest: a stream of request messages, each with one or more items,
+        answered by one response message per request message, in the same order, with one
+        result per item. Items are regrouped into batches of the service's
+        stream_batch_items, each written in one transaction; a response is sent once all of
+        its items' batches are committed. If the stream fails, items without a result may
+        or may not have been written: re-sending them is safe.
         """
 
     @_abc_1.abstractmethod
