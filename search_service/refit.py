@@ -121,6 +121,9 @@ class Refitter:
         ):
             pass
         await connection.execute(sql.DELETE_RETIRED_PROJECTIONS, collection.id)
+        # Fresh statistics at once: with those of an empty or retired version the planner
+        # scans a whole version instead of probing the lists through the index.
+        await connection.execute(sql.ANALYZE_LISTS)
         seconds = asyncio.get_running_loop().time() - started
         log.info(
             "projection published",

@@ -11,6 +11,7 @@ import pytest
 
 from devenv.postgres import LocalPostgres
 from imagesearch.search.v1 import search_pb2
+from search_service import store
 from search_service.schema import migrate
 from tests import photos
 from tests.search.conftest import StartSearch, Stub
@@ -99,7 +100,12 @@ async def test_exact_search_matches_numpy_brute_force(vectors_only: Stub) -> Non
     assert response.mode == search_pb2.SEARCH_MODE_EXACT
 
 
-async def test_fast_with_full_recall_equals_exact(vectors_only: Stub) -> None:
+@pytest.mark.parametrize("rerank_chunk", [1000, 64], ids=["one-fetch", "cursor"])
+async def test_fast_with_full_recall_equals_exact(
+    vectors_only: Stub, rerank_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64: the candidates' vectors come through a cursor, ten chunks of them.
+    monkeypatch.setattr(store, "RERANK_CHUNK", rerank_chunk)
     matrix = clustered(600, seed=1)
     await ingest_vectors(vectors_only, matrix)
     refit = await vectors_only.RefitProjection(
@@ -121,6 +127,16 @@ async def test_fast_with_full_recall_equals_exact(vectors_only: Stub) -> None:
         assert fast.mode == search_pb2.SEARCH_MODE_FAST
         assert fast.projection_version == 1
         assert keys(fast) == keys(exact)
+        assert [h.distance for h in fast.hits] == pytest.approx(
+            [h.distance for h in exact.hits], abs=1e-12
+        )
+    stored = search_pb2.Vector(values=matrix[7].tolist())
+    for mode in (search_pb2.SEARCH_MODE_EXACT, search_pb2.SEARCH_MODE_FAST):
+        itself = await vectors_only.Search(
+            search_pb2.SearchRequest(vector=stored, top_k=1, mode=mode, candidates=600)
+        )
+        assert itself.hits[0].key == "v7"
+        assert itself.hits[0].distance < 1e-12
     default = await vectors_only.Search(search_pb2.SearchRequest(vector=query, top_k=10))
     assert default.mode == search_pb2.SEARCH_MODE_FAST  # a ready projection makes FAST the default
 
