@@ -118,32 +118,49 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     yield answer
                     answer = search_pb2.IngestStreamResponse()
 
+        batches = aiter(_batches(request_iterator, self._settings.stream_batch_items))
+        arriving: asyncio.Future[_Batch] = asyncio.ensure_future(anext(batches))
         try:
-            try:
-                batches = _batches(request_iterator, self._settings.stream_batch_items)
-                async for batch in batches:
-                    while in_flight and (
-                        len(in_flight) >= self._settings.ingest_concurrency
-                        or any(batch.keys & earlier.keys for _, earlier in in_flight)
-                    ):
-                        async for response in completed():
-                            yield response
-                    work = self._ingest_into(batch.collection, batch.items, self._timeout(context))
-                    in_flight.append((asyncio.create_task(work), batch))
-            except InvalidArgument:
-                # A malformed request message: answer the items before it, then fail.
-                while in_flight:
+            while True:
+                # Answer each message as soon as its batches are in, even while the next
+                # message has yet to come: a client may wait for an answer before sending.
+                awaited: set[asyncio.Future[Any]] = {arriving}
+                if in_flight:
+                    awaited.add(in_flight[0][0])
+                await asyncio.wait(awaited, return_when=asyncio.FIRST_COMPLETED)
+                while in_flight and in_flight[0][0].done():
                     async for response in completed():
                         yield response
-                raise
+                if not arriving.done():
+                    continue
+                try:
+                    batch = arriving.result()
+                except StopAsyncIteration:
+                    break
+                except InvalidArgument:
+                    # A malformed request message: answer the items before it, then fail.
+                    while in_flight:
+                        async for response in completed():
+                            yield response
+                    raise
+                while in_flight and (
+                    len(in_flight) >= self._settings.ingest_concurrency
+                    or any(batch.keys & earlier.keys for _, earlier in in_flight)
+                ):
+                    async for response in completed():
+                        yield response
+                work = self._ingest_into(batch.collection, batch.items, self._timeout(context))
+                in_flight.append((asyncio.create_task(work), batch))
+                arriving = asyncio.ensure_future(anext(batches))
             while in_flight:
                 async for response in completed():
                     yield response
         finally:
             # The stream failed or the caller went away: later batches roll back.
+            arriving.cancel()
             for task, _ in in_flight:
                 task.cancel()
-            await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
+            await asyncio.gather(arriving, *(t for t, _ in in_flight), return_exceptions=True)
 
     async def _ingest_into(
         self, name: str, messages: Sequence[search_pb2.IngestItem], timeout_s: float

@@ -310,6 +310,18 @@ async def test_concurrent_stream_batches_answer_in_order_and_last_write_wins(
     assert stats.collection.image_count == 16
 
 
+async def test_stream_answers_a_client_that_waits_for_each_answer(vectors_only: Stub) -> None:
+    matrix = clustered(3)
+    call = vectors_only.IngestStream()
+    for i in range(3):
+        await call.write(search_pb2.IngestStreamRequest(items=[vector_item(f"v{i}", matrix[i])]))
+        response = await asyncio.wait_for(call.read(), timeout=10)
+        assert [r.key for r in response.results] == [f"v{i}"]
+        assert response.results[0].status == search_pb2.INGEST_STATUS_CREATED
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+
+
 @pytest.mark.parametrize(
     ("bad", "code", "fragment"),
     [
