@@ -69,6 +69,7 @@ bench: setup
 	$(PY) benchmarks/bench_extractor.py --model vgg16 $(BENCH_ARGS)
 	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_search.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
