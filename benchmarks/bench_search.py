@@ -653,7 +653,9 @@ async def main_async(options: argparse.Namespace) -> None:
     try:
         dsn = cube_cluster.start()
         vector_dsn = vector_cluster.start()
-        store_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=init_connection)
+        store_pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=settings.rerank_parallelism + 1, init=init_connection
+        )
         vector_pool = await asyncpg.create_pool(
             vector_dsn, min_size=1, max_size=1, init=vector_codec
         )
@@ -685,7 +687,7 @@ async def main_async(options: argparse.Namespace) -> None:
         run = Run(
             options=options,
             settings=settings,
-            store=Store(store_pool),
+            store=Store(store_pool, rerank_parallelism=settings.rerank_parallelism),
             vectors=vector_pool,
             stub=search_pb2_grpc.SearchServiceStub(channel),
             server=server,

@@ -61,7 +61,8 @@ class SearchApp(App):
                 delay = min(delay * 2, 10.0)
         async with self.pool.acquire() as connection:
             await migrate(connection)
-        store = Store(self.pool)
+        parallelism = min(settings.rerank_parallelism, settings.pool_max_size)
+        store = Store(self.pool, rerank_parallelism=parallelism)
         self.servicer.refitter = Refitter(
             store, dimensions=settings.projection_dimensions, sample=settings.projection_sample
         )

@@ -40,6 +40,9 @@ class SearchSettings(ServerSettings):
     default_candidates: int = setting(
         200, "FAST: candidates re-ranked exactly when a search asks for 0"
     )
+    rerank_parallelism: int = setting(
+        4, "FAST: connections one search reads its candidates' vectors over at once"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,10 +51,11 @@ class SearchSettings(ServerSettings):
                 f"projection_dimensions must be 1..100 (cube's limit), got "
                 f"{self.projection_dimensions}"
             )
-        if self.ingest_concurrency < 1 or self.stream_batch_items < 1:
+        if min(self.ingest_concurrency, self.stream_batch_items, self.rerank_parallelism) < 1:
             raise ValueError(
-                f"need ingest_concurrency >= 1 and stream_batch_items >= 1, got "
-                f"{self.ingest_concurrency} and {self.stream_batch_items}"
+                f"need ingest_concurrency, stream_batch_items and rerank_parallelism >= 1, got "
+                f"{self.ingest_concurrency}, {self.stream_batch_items} and "
+                f"{self.rerank_parallelism}"
             )
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ValueError("need 1 <= default_top_k <= max_top_k")

@@ -135,22 +135,23 @@ LIMIT $5 OFFSET $6
 SEARCH_EXACT = _EXACT.format(filter="")
 SEARCH_EXACT_FILTERED = _EXACT.format(filter="AND metadata @> $7")
 
-# FAST: the probed lists' rows ordered by the projected cube's distance (<->); the
-# nearest `candidates` of them come back with their float32 vectors, which the service
-# re-ranks exactly (half the bytes of the cube chunks, so more of them stay cached).
-_FAST = """
-WITH candidates AS MATERIALIZED (
-    SELECT image_id FROM image_lists
-    WHERE collection_id = $1 AND version = $2 AND list_id = ANY($3::int[])
-    ORDER BY coarse <-> (SELECT cube($4::float8[]))
-    LIMIT $5
-)
-SELECT i.key, i.metadata, i.embedding
-FROM candidates c JOIN images i ON i.id = c.image_id
-WHERE i.key IS DISTINCT FROM $6 {filter}
+# FAST, step 1: the probed lists' rows ordered by the projected cube's distance (<->),
+# the nearest `candidates` of them.
+FAST_CANDIDATES = """
+SELECT image_id FROM image_lists
+WHERE collection_id = $1 AND version = $2 AND list_id = ANY($3::int[])
+ORDER BY coarse <-> (SELECT cube($4::float8[]))
+LIMIT $5
 """
-SEARCH_FAST = _FAST.format(filter="")
-SEARCH_FAST_FILTERED = _FAST.format(filter="AND i.metadata @> $7")
+
+# FAST, step 2: a part of the candidates with their float32 vectors, which the service
+# re-ranks exactly (half the bytes of the cube chunks, so more of them stay cached).
+_CANDIDATE_VECTORS = """
+SELECT key, metadata, embedding FROM images
+WHERE id = ANY($1::bigint[]) AND key IS DISTINCT FROM $2 {filter}
+"""
+CANDIDATE_VECTORS = _CANDIDATE_VECTORS.format(filter="")
+CANDIDATE_VECTORS_FILTERED = _CANDIDATE_VECTORS.format(filter="AND metadata @> $3")
 
 # -- Projection fitting --------------------------------------------------------
 

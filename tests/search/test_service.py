@@ -100,11 +100,11 @@ async def test_exact_search_matches_numpy_brute_force(vectors_only: Stub) -> Non
     assert response.mode == search_pb2.SEARCH_MODE_EXACT
 
 
-@pytest.mark.parametrize("rerank_chunk", [1000, 64], ids=["one-fetch", "cursor"])
+@pytest.mark.parametrize("rerank_chunk", [500, 64], ids=["four-parts", "ten-parts"])
 async def test_fast_with_full_recall_equals_exact(
     vectors_only: Stub, rerank_chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 64: the candidates' vectors come through a cursor, ten chunks of them.
+    # 600 candidates come in parts of 150 (one per connection of four), or of 64.
     monkeypatch.setattr(store, "RERANK_CHUNK", rerank_chunk)
     matrix = clustered(600, seed=1)
     await ingest_vectors(vectors_only, matrix)
@@ -312,14 +312,15 @@ async def test_concurrent_stream_batches_answer_in_order_and_last_write_wins(
 
 async def test_stream_answers_a_client_that_waits_for_each_answer(vectors_only: Stub) -> None:
     matrix = clustered(3)
-    call = vectors_only.IngestStream()
+    call = vectors_only.IngestStream()  # type: ignore[call-arg]  # written to below
     for i in range(3):
         await call.write(search_pb2.IngestStreamRequest(items=[vector_item(f"v{i}", matrix[i])]))
         response = await asyncio.wait_for(call.read(), timeout=10)
+        assert isinstance(response, search_pb2.IngestStreamResponse)
         assert [r.key for r in response.results] == [f"v{i}"]
         assert response.results[0].status == search_pb2.INGEST_STATUS_CREATED
     await call.done_writing()
-    assert await call.read() == grpc.aio.EOF
+    assert not isinstance(await call.read(), search_pb2.IngestStreamResponse)  # the end
 
 
 @pytest.mark.parametrize(
