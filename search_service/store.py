@@ -405,7 +405,11 @@ class Store:
             best = _keep_nearest(best, rows, query, max_distance, keep)
 
         parts = [ids[i : i + part_size] for i in range(0, len(ids), part_size)]
-        await asyncio.gather(*(rerank(part) for part in parts))
+        # Every part settles before the search answers, even when one fails.
+        outcomes = await asyncio.gather(*(rerank(part) for part in parts), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return best[offset:]
 
 
