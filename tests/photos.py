@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,11 @@ import numpy.typing as npt
 import pytest
 import skimage.data
 from PIL import Image
+
+# The edits a copy undergoes are the evaluation's own (make eval), shared here.
+from evaluation.photos import center_crop as center_crop
+from evaluation.photos import encode as encode
+from evaluation.photos import rescale as rescale
 
 # Installed by the Debian package "darknet" (apt-get install darknet); these tests
 # skip the photos when it is absent rather than fetch anything.
@@ -78,30 +82,9 @@ def photo_bytes(name: str) -> bytes:
     return encode(photo(name), "PNG")
 
 
-def encode(image: Image.Image, fmt: str = "JPEG", *, quality: int = 90) -> bytes:
-    """The image as a file in memory; quality applies to JPEG and WebP."""
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, quality=quality)
-    return buffer.getvalue()
-
-
 def flipped(image: Image.Image) -> Image.Image:
     """Mirrored left to right."""
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
-def center_cropped(image: Image.Image, fraction: float) -> Image.Image:
-    """The central part, fraction of each side."""
-    width, height = image.size
-    new_width, new_height = round(width * fraction), round(height * fraction)
-    left, top = (width - new_width) // 2, (height - new_height) // 2
-    return image.crop((left, top, left + new_width, top + new_height))
-
-
-def rescaled(image: Image.Image, factor: float) -> Image.Image:
-    """Both sides times factor, resampled with Lanczos."""
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def large_jpeg(name: str, size: tuple[int, int] = (4000, 3000), *, quality: int = 90) -> bytes:

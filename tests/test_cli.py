@@ -219,7 +219,7 @@ async def test_search_of_transformed_copy_ranks_original_first_in_table_html_and
     indexed: str, album: Path, tmp_path: Path
 ) -> None:
     query = tmp_path / "query.jpg"
-    copy = photos.center_cropped(photos.flipped(photos.photo("chelsea")), 0.85)
+    copy = photos.center_crop(photos.flipped(photos.photo("chelsea")), 0.85)
     query.write_bytes(photos.encode(copy.convert("RGB"), "JPEG"))
     html, png = tmp_path / "out.html", tmp_path / "out.png"
     result = await run_cli(

@@ -139,7 +139,7 @@ async def test_every_readme_grpcurl_command_works_as_written(
     cat = photos.large_jpeg("chelsea")
     assert len(cat) > 200_000
     (tmp_path / "cat.jpg").write_bytes(cat)
-    query = photos.center_cropped(photos.flipped(photos.photo("chelsea")), 0.85)
+    query = photos.center_crop(photos.flipped(photos.photo("chelsea")), 0.85)
     (tmp_path / "query.jpg").write_bytes(photos.encode(query.convert("RGB")))
 
     text = grpcurl_block(README.read_text())

@@ -76,7 +76,7 @@ def test_horses_nearest_neighbours_show_animals(gallery) -> None:
 @pytest.mark.parametrize("name", photos.available_photos())
 def test_flipped_cropped_recompressed_copy_is_nearest_its_original(gallery, embed, name) -> None:
     image = photos.photo(name).convert("RGB")
-    copy = photos.encode(photos.center_cropped(photos.flipped(image), 0.85), "JPEG", quality=60)
+    copy = photos.encode(photos.center_crop(photos.flipped(image), 0.85), "JPEG", quality=60)
     query = embed(copy)
     nearest = min(gallery, key=lambda other: distance(query, gallery[other]))
     assert nearest == name

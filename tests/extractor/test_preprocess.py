@@ -25,7 +25,7 @@ from tests.photos import (
     photo,
     photo_bytes,
     requires_darknet,
-    rescaled,
+    rescale,
 )
 
 Array = npt.NDArray[np.float32]
@@ -538,7 +538,7 @@ def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ResourceExhausted) as caught:
         preprocess(photo_bytes("chelsea"), config, item="chelsea")  # 451x300
     assert "451x300" in caught.value.message
-    assert preprocess(png(rescaled(photo("chelsea"), 0.5)), config, item="small").shape[0] == 3
+    assert preprocess(png(rescale(photo("chelsea"), 0.5)), config, item="small").shape[0] == 3
 
 
 @pytest.mark.parametrize("size", [(10_000, 10_000), (20_000, 20_000)], ids=str)

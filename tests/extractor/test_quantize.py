@@ -44,7 +44,7 @@ def held_out_views() -> dict[str, bytes]:
         image = photos.photo(name).convert("RGB")
         views[name] = photos.photo_bytes(name)
         views[f"{name} mirrored"] = photos.encode(photos.flipped(image), quality=90)
-        views[f"{name} cropped"] = photos.encode(photos.center_cropped(image, 0.6), quality=90)
+        views[f"{name} cropped"] = photos.encode(photos.center_crop(image, 0.6), quality=90)
     return views
 
 

@@ -228,7 +228,7 @@ async def test_transformed_photo_finds_its_original_first(search: Stub) -> None:
     )
     assert {r.status for r in response.results} == {search_pb2.INGEST_STATUS_CREATED}
     for name in ("chelsea", "coffee", "astronaut"):
-        copy = photos.center_cropped(photos.flipped(photos.photo(name).convert("RGB")), 0.8)
+        copy = photos.center_crop(photos.flipped(photos.photo(name).convert("RGB")), 0.8)
         found = await search.Search(
             search_pb2.SearchRequest(image=photos.encode(copy, "JPEG", quality=70), top_k=3)
         )
