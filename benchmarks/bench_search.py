@@ -25,10 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import numpy as np
@@ -64,6 +64,7 @@ from search_service.schema import migrate  # noqa: E402
 from search_service.settings import SearchSettings  # noqa: E402
 from search_service.store import (  # noqa: E402
     Collection,
+    Hit,
     ModelKey,
     NewImage,
     Store,
@@ -72,6 +73,7 @@ from search_service.store import (  # noqa: E402
 )
 
 Matrix = npt.NDArray[np.float32]
+T = TypeVar("T")
 Stub: TypeAlias = "search_pb2_grpc.SearchServiceAsyncStub"  # a name of the .pyi only
 K = 10
 # Plain top-K, as the benchmark asks every store search: no paging, filter or cut-off.
@@ -215,6 +217,32 @@ def ids_of(keys: Sequence[str]) -> list[int]:
     return [int(key[1:]) for key in keys]
 
 
+def timed(
+    search: Callable[[T], list[int]], inputs: Iterable[T]
+) -> tuple[list[float], list[list[int]]]:
+    """Each input searched one at a time: (seconds each, ids found each)."""
+    timings: list[float] = []
+    found: list[list[int]] = []
+    for item in inputs:
+        began = time.perf_counter()
+        found.append(search(item))
+        timings.append(time.perf_counter() - began)
+    return timings, found
+
+
+async def timed_async(
+    search: Callable[[T], Awaitable[list[int]]], inputs: Iterable[T]
+) -> tuple[list[float], list[list[int]]]:
+    """timed() for a coroutine search."""
+    timings: list[float] = []
+    found: list[list[int]] = []
+    for item in inputs:
+        began = time.perf_counter()
+        found.append(await search(item))
+        timings.append(time.perf_counter() - began)
+    return timings, found
+
+
 # -- the service -------------------------------------------------------------------------
 
 
@@ -309,12 +337,7 @@ async def measure_size(run: Run, n: int) -> None:
     if peers:
         truth, truth_distances = ground_truth(base, both)
         # numpy brute force over the full vectors, in this process.
-        timings_n: list[float] = []
-        found_n: list[list[int]] = []
-        for query in run.queries:
-            began = time.perf_counter()
-            found_n.append(numpy_search(base, query))
-            timings_n.append(time.perf_counter() - began)
+        timings_n, found_n = timed(lambda query: numpy_search(base, query), run.queries)
         results.append(figures(f"numpy brute force ({options.dim}-D)", timings_n, found_n, truth))
     else:
         began = time.perf_counter()
@@ -332,23 +355,19 @@ async def measure_size(run: Run, n: int) -> None:
         unit(run.warmup[0]),
         **TOP_K,
     )
-    timings_e: list[float] = []
-    found_e: list[list[int]] = []
-    worst = 0.0
-    same = 0
-    for j, query in enumerate(run.queries[:exact_count]):
-        began = time.perf_counter()
-        hits = await store.search_exact(
-            collection,
-            unit(query),
-            **TOP_K,
-        )
-        timings_e.append(time.perf_counter() - began)
-        found_e.append(ids_of([h.key for h in hits]))
-        same += found_e[-1] == truth[j]
-        worst = max(
-            [worst, *(abs(h.distance - d) for h, d in zip(hits, truth_distances[j], strict=False))]
-        )
+    exact_hits: list[list[Hit]] = []
+
+    async def search_exact(query: Matrix) -> list[int]:
+        exact_hits.append(await store.search_exact(collection, unit(query), **TOP_K))
+        return ids_of([h.key for h in exact_hits[-1]])
+
+    timings_e, found_e = await timed_async(search_exact, run.queries[:exact_count])
+    same = sum(found == expected for found, expected in zip(found_e, truth, strict=False))
+    worst = max(
+        abs(h.distance - d)
+        for hits, distances in zip(exact_hits, truth_distances, strict=False)
+        for h, d in zip(hits, distances, strict=False)
+    )
     exact = figures("EXACT (store layer, in-database O(N))", timings_e, found_e, truth)
     results.append(exact)
 
@@ -367,20 +386,16 @@ async def measure_size(run: Run, n: int) -> None:
                 candidates=candidates,
                 **TOP_K,
             )
-        timings_f: list[float] = []
-        found_f: list[list[int]] = []
-        for query in run.queries:
-            began = time.perf_counter()
+
+        async def search_fast(
+            query: Matrix, probes: int = probes, candidates: int = candidates
+        ) -> list[int]:
             hits = await store.search_fast(
-                collection,
-                version,
-                unit(query),
-                probes=probes,
-                candidates=candidates,
-                **TOP_K,
+                collection, version, unit(query), probes=probes, candidates=candidates, **TOP_K
             )
-            timings_f.append(time.perf_counter() - began)
-            found_f.append(ids_of([h.key for h in hits]))
+            return ids_of([h.key for h in hits])
+
+        timings_f, found_f = await timed_async(search_fast, run.queries)
         mark = " (default)" if (probes, candidates) == default else ""
         label = f"FAST store probes={probes} candidates={candidates}{mark}"
         fast[probes, candidates] = figures(label, timings_f, found_f, truth)
@@ -388,14 +403,12 @@ async def measure_size(run: Run, n: int) -> None:
 
     # The plain 64-D cube scan (every row of the projection, no lists), top-candidates only:
     # the linear approach FAST has to beat.
-    timings_c: list[float] = []
-    for query in run.queries[:CUBE_SCAN_QUERIES]:
-        coarse = projection.project(unit(query).astype(np.float32)[None])[0]
-        began = time.perf_counter()
-        await store.pool.fetch(
-            CUBE_SCAN, collection.id, version, coarse.astype(np.float64).tolist(), default[1]
-        )
-        timings_c.append(time.perf_counter() - began)
+    async def cube_scan_ids(coarse: list[float]) -> list[int]:
+        rows = await store.pool.fetch(CUBE_SCAN, collection.id, version, coarse, default[1])
+        return [int(r["image_id"]) for r in rows]
+
+    projected = projection.project(unit64(run.queries[:CUBE_SCAN_QUERIES]).astype(np.float32))
+    timings_c, _ = await timed_async(cube_scan_ids, projected.astype(np.float64).tolist())
     cube_scan = figures(
         f"plain {info.dimensions}-D cube scan, top-{default[1]}, no re-rank", timings_c
     )
@@ -416,13 +429,11 @@ async def measure_size(run: Run, n: int) -> None:
         await run.stub.Search(
             search_pb2.SearchRequest(vector=search_pb2.Vector(values=query.tolist()))
         )
-    timings_g: list[float] = []
-    found_g: list[list[int]] = []
-    for request in requests:
-        began = time.perf_counter()
-        response = await run.stub.Search(request)
-        timings_g.append(time.perf_counter() - began)
-        found_g.append(ids_of([h.key for h in response.hits]))
+
+    async def search_grpc(request: search_pb2.SearchRequest) -> list[int]:
+        return ids_of([h.key for h in (await run.stub.Search(request)).hits])
+
+    timings_g, found_g = await timed_async(search_grpc, requests)
     fresh_truth = truth[len(run.queries) :]
     grpc_fast = figures(
         "FAST through gRPC (service defaults, fresh queries)", timings_g, found_g, fresh_truth
@@ -497,13 +508,7 @@ async def measure_size(run: Run, n: int) -> None:
 def faiss_flat(run: Run, base: Matrix, truth: list[list[int]]) -> Figures:
     flat = faiss.IndexFlatL2(base.shape[1])
     flat.add(base)
-    timings: list[float] = []
-    found: list[list[int]] = []
-    for query in run.queries:
-        began = time.perf_counter()
-        ids = flat.search(query[None], K)[1][0]
-        timings.append(time.perf_counter() - began)
-        found.append([int(i) for i in ids])
+    timings, found = timed(lambda query: flat.search(query[None], K)[1][0].tolist(), run.queries)
     return figures(f"FAISS IndexFlatL2 ({base.shape[1]}-D)", timings, found, truth)
 
 
@@ -536,12 +541,9 @@ def faiss_peers(
         hnsw.hnsw.efSearch = max(ef, candidates, K)
         for query in run.warmup:
             search(query, candidates)
-        timings: list[float] = []
-        found: list[list[int]] = []
-        for query in run.queries:
-            began = time.perf_counter()
-            found.append(search(query, candidates))
-            timings.append(time.perf_counter() - began)
+        timings, found = timed(
+            lambda query, candidates=candidates: search(query, candidates), run.queries
+        )
         how = f"re-rank {candidates}" if candidates else "no re-rank"
         label = f"FAISS HNSW {coarse.shape[1]}-D ef={max(ef, candidates)} {how}"
         results.append(figures(label, timings, found, truth))
@@ -592,12 +594,7 @@ async def pgvector_peers(
 
             for query in run.warmup:
                 await search(query)
-            timings: list[float] = []
-            found: list[list[int]] = []
-            for query in run.queries:
-                began = time.perf_counter()
-                found.append(await search(query))
-                timings.append(time.perf_counter() - began)
+            timings, found = await timed_async(search, run.queries)
             how = f"re-rank {candidates} on {dim}-D in SQL" if candidates else "no re-rank"
             label = f"pgvector HNSW {d}-D ef={max(ef, candidates)} {how}"
             results.append(figures(label, timings, found, truth))
