@@ -9,12 +9,15 @@ from collections.abc import Sequence
 import asyncpg
 
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.db import init_connection
 from search_service.extractor_client import ExtractorClient
-from search_service.refit import Refitter
+from search_service.ingest import Ingester
+from search_service.ranking import Probe, Ranker
+from search_service.refit import AutoFit, Refitter
 from search_service.schema import migrate
-from search_service.servicer import SearchServicer
+from search_service.servicer import Backend, SearchServicer
 from search_service.settings import SearchSettings
-from search_service.store import Store, init_connection
+from search_service.store import Store
 from service_core.server import App, Service
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class SearchApp(App):
         super().__init__(settings)
         self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
+        self.backend: Backend | None = None
 
     def services(self) -> Sequence[Service]:
         return [
@@ -61,22 +65,41 @@ class SearchApp(App):
                 delay = min(delay * 2, 10.0)
         async with self.pool.acquire() as connection:
             await migrate(connection)
-        parallelism = min(settings.rerank_parallelism, settings.pool_max_size)
-        store = Store(self.pool, rerank_parallelism=parallelism)
-        self.servicer.refitter = Refitter(
-            store, dimensions=settings.projection_dimensions, sample=settings.projection_sample
+        store = Store(self.pool)
+        refitter = Refitter(
+            store,
+            dimensions=settings.projection_dimensions,
+            sample=settings.projection_sample,
+            memory_bytes=settings.fit_memory_bytes,
         )
-        self.servicer.extractor = ExtractorClient(
+        autofit = AutoFit(
+            store, refitter, threshold=settings.auto_fit_threshold, growth=settings.refit_growth
+        )
+        extractor = ExtractorClient(
             settings.extractor_address, max_message_bytes=settings.max_message_bytes
         )
-        self.servicer.store = store
+        ranker = Ranker(
+            store,
+            parallelism=min(settings.rerank_parallelism, settings.pool_max_size),
+            seed=Probe(settings.default_probes, settings.default_candidates),
+        )
+        self.backend = Backend(
+            store=store,
+            extractor=extractor,
+            refitter=refitter,
+            ranker=ranker,
+            ingester=Ingester(store, extractor, written=autofit.notice),
+            autofit=autofit,
+        )
+        self.servicer.serve(self.backend)
+        # A collection may be due a fit already: grown while no replica ran, or fitted
+        # before lower bounds (schema 0001).
+        await autofit.check_all()
 
     async def close(self) -> None:
-        for task in list(self.servicer.background):
-            task.cancel()
-        await asyncio.gather(*self.servicer.background, return_exceptions=True)
-        if self.servicer.extractor is not None:
-            await self.servicer.extractor.close()
+        if self.backend is not None:
+            await self.backend.autofit.close()
+            await self.backend.extractor.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), self.settings.pool_close_timeout_s)
