@@ -338,8 +338,8 @@ def access_interceptors(
             required[f"/{service.name}/{method}"] = role
     for method in ("Check", "Watch", "List"):
         required[f"/{HEALTH_SERVICE}/{method}"] = OPEN
-    reflection = OPEN if settings.reflection == "open" else Role.parse(settings.reflection)
     if settings.reflection != "off":
+        reflection = OPEN if settings.reflection == "open" else Role.parse(settings.reflection)
         for name in REFLECTION_SERVICES:
             required[f"/{name}/ServerReflectionInfo"] = reflection
     return [AccessInterceptor(required, callers, limiter)]

@@ -56,5 +56,7 @@ class ServerSettings:
             raise ValueError(
                 f"reflection must be open, off, reader, writer or admin, got {self.reflection!r}"
             )
+        if self.reflection in ("reader", "writer", "admin") and self.auth_file is None:
+            raise ValueError(f"reflection={self.reflection!r} (a role) needs auth_file")
         if self.rate_limit_per_s < 0 or self.rate_limit_burst < 1:
             raise ValueError("need rate_limit_per_s >= 0 and rate_limit_burst >= 1")
