@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from tests.security.conftest import TOKENS, Pki, StartApp, callers_file
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 Metadata = Sequence[tuple[str, str]]
-Call = Callable[[Any, Metadata], Coroutine[Any, Any, object]]
+Call = Callable[[Any, Metadata], Awaitable[object]]
 
 
 async def _stream(responses: AsyncIterator[Any]) -> object:
@@ -60,7 +60,7 @@ SEARCH_CALLS: dict[str, Call] = {
 }
 
 
-async def status_of(call: Coroutine[Any, Any, object]) -> tuple[grpc.StatusCode, str]:
+async def status_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
     try:
         await call
     except grpc.aio.AioRpcError as error:
