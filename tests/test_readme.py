@@ -187,7 +187,11 @@ async def test_readme_tls_and_token_recipes_work_as_written(
     (tmp_path / "reader.token").write_text("a-reader-token\n")
     callers = tmp_path / "callers"
     callers.write_text(f"token {hash_token('a-reader-token')} reader ops\ncert client reader\n")
-    tls = {"tls_cert_file": server.cert, "tls_key_file": server.key, "auth_file": callers}
+    tls: dict[str, Any] = {
+        "tls_cert_file": server.cert,
+        "tls_key_file": server.key,
+        "auth_file": callers,
+    }
     extractor = ExtractorApp(
         ExtractorSettings(
             model_dir=lite0_model_dir, grace_period_s=0, tls_client_ca_file=ca.bundle, **tls
