@@ -42,9 +42,12 @@ class GrpcServer:
         health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
         service_names: Sequence[str],
         metrics: MetricsEndpoint | None,
+        health_only: tuple[grpc.aio.Server, int] | None = None,
     ) -> None:
         self.server = server
         self.port = port
+        self._health_only = health_only
+        self.health_port = health_only[1] if health_only else None
         self.metrics_port = metrics.port if metrics else None
         self._health = health_servicer
         self._names = service_names
@@ -61,6 +64,8 @@ class GrpcServer:
         """Health to NOT_SERVING, then lets in-flight calls finish for ``grace`` s."""
         await self._health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._health_only:
+            await self._health_only[0].stop(0)
         if self._metrics:
             await asyncio.to_thread(self._metrics.close)
 
@@ -95,13 +100,23 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     if settings.metrics_port >= 0:
         endpoint = MetricsEndpoint(metrics.registry, settings.host, settings.metrics_port)
     await server.start()
-    started = GrpcServer(server, port, health_servicer, names, endpoint)
+    health_only = None
+    if settings.health_port >= 0:
+        # Kubelet gRPC probes speak plaintext only: with TLS on the main port they get a
+        # port of their own that serves nothing but health.
+        probes = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        bound = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        await probes.start()
+        health_only = (probes, bound)
+    started = GrpcServer(server, port, health_servicer, names, endpoint, health_only)
     await started.set_serving(False)
     log.info(
         "listening",
         extra={
             "address": f"{settings.host}:{port}",
             "metrics_port": started.metrics_port,
+            "health_port": started.health_port,
             "tls": "mtls" if settings.tls_client_ca_file else "tls" if credentials else "off",
             "auth": settings.auth_file is not None,
         },

@@ -15,6 +15,9 @@ class ServerSettings:
     host: str = setting("127.0.0.1", "address to listen on ('0.0.0.0' in containers)")
     port: int = setting(0, "gRPC port; 0 picks a free one and logs it")
     metrics_port: int = setting(-1, "Prometheus /metrics HTTP port; 0 picks one, -1 disables")
+    health_port: int = setting(
+        -1, "plaintext port serving only gRPC health (probes, when port speaks TLS); -1: none"
+    )
     grace_period_s: float = setting(
         10.0, "seconds in-flight calls get to finish on SIGTERM; keep below the pod's"
     )
@@ -42,6 +45,8 @@ class ServerSettings:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
+        if not -1 <= self.health_port <= 65535:
+            raise ValueError(f"health_port must be -1..65535, got {self.health_port}")
         if self.grace_period_s < 0:
             raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         if self.max_message_bytes < 1024:

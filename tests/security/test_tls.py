@@ -136,3 +136,19 @@ async def test_search_reaches_the_extractor_over_mtls_and_follows_a_renewed_clie
         pki.ca.issue("search-service", client=True, into=own)  # renewed on disk
         response = await stub.Ingest(search_pb2.IngestRequest(items=[item]))
         assert response.results[0].status == search_pb2.INGEST_STATUS_CREATED
+
+
+async def test_health_port_answers_probes_in_plaintext_and_serves_nothing_else(
+    pki: Pki, start_secure_search: StartApp
+) -> None:
+    app, _ = await start_secure_search(
+        tls_cert_file=pki.server.cert, tls_key_file=pki.server.key, health_port=0
+    )
+    assert app.server is not None
+    assert app.server.health_port is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.health_port}") as channel:
+        assert await health_code(channel) == OK
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListCollections(search_pb2.ListCollectionsRequest())
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
