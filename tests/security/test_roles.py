@@ -26,12 +26,10 @@ async def _stream(responses: AsyncIterator[Any]) -> object:
     return [response async for response in responses]
 
 
-async def _requests() -> AsyncIterator[search_pb2.IngestStreamRequest]:
-    yield search_pb2.IngestStreamRequest(collection="absent")
-
-
 # Each call names a collection that does not exist, so that an allowed call
 # changes nothing and ends with an ordinary status (NOT_FOUND, INVALID_ARGUMENT).
+# Streams send no message: a client still writing when the server has already
+# refused the call may see INTERNAL from grpc's core instead of the server's status.
 SEARCH_CALLS: dict[str, Call] = {
     "Search": lambda s, m: s.Search(search_pb2.SearchRequest(collection="absent"), metadata=m),
     "GetImage": lambda s, m: s.GetImage(
@@ -44,7 +42,7 @@ SEARCH_CALLS: dict[str, Call] = {
         search_pb2.GetCollectionStatsRequest(collection="absent"), metadata=m
     ),
     "Ingest": lambda s, m: s.Ingest(search_pb2.IngestRequest(collection="absent"), metadata=m),
-    "IngestStream": lambda s, m: _stream(s.IngestStream(_requests(), metadata=m)),
+    "IngestStream": lambda s, m: _stream(s.IngestStream(iter([]), metadata=m)),
     "DeleteImages": lambda s, m: s.DeleteImages(
         search_pb2.DeleteImagesRequest(collection="absent", keys=["k"]), metadata=m
     ),
@@ -163,22 +161,27 @@ async def test_health_is_open_and_reflection_follows_its_setting(
     _, off = await start_secure_search(auth_file=path, reflection="off")
     _, open_ = await start_secure_search(auth_file=path)
 
-    async def list_services(port: int, metadata: Metadata) -> tuple[grpc.StatusCode, str]:
+    async def list_services(
+        port: int, metadata: Metadata, *, ask: bool = False
+    ) -> tuple[grpc.StatusCode, str]:
+        """Only a call expected to succeed sends its request (see SEARCH_CALLS)."""
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            requests = [reflection_pb2.ServerReflectionRequest(list_services="")] if ask else []
             return await status_of(
-                _stream(stub.ServerReflectionInfo(iter([request]), metadata=metadata))
+                _stream(stub.ServerReflectionInfo(iter(requests), metadata=metadata))
             )
 
     for port in (behind_role, off, open_):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await health_code(channel) == grpc.StatusCode.OK
-    assert (await list_services(open_, ()))[0] == grpc.StatusCode.OK
+    assert (await list_services(open_, (), ask=True))[0] == grpc.StatusCode.OK
     assert (await list_services(off, bearer(TOKENS["admin"])))[0] == grpc.StatusCode.UNIMPLEMENTED
     assert (await list_services(behind_role, ()))[0] == UNAUTHENTICATED
     assert (await list_services(behind_role, bearer(TOKENS["writer"])))[0] == PERMISSION_DENIED
-    assert (await list_services(behind_role, bearer(TOKENS["admin"])))[0] == grpc.StatusCode.OK
+    assert (await list_services(behind_role, bearer(TOKENS["admin"]), ask=True))[
+        0
+    ] == grpc.StatusCode.OK
 
 
 async def test_client_certificate_identity_gives_its_configured_role(
@@ -210,9 +213,7 @@ async def test_client_certificate_identity_gives_its_configured_role(
 
 EXTRACTOR_CALLS: dict[str, Call] = {
     "Embed": lambda s, m: s.Embed(extractor_pb2.EmbedRequest(), metadata=m),
-    "EmbedStream": lambda s, m: _stream(
-        s.EmbedStream(iter([extractor_pb2.EmbedStreamRequest()]), metadata=m)
-    ),
+    "EmbedStream": lambda s, m: _stream(s.EmbedStream(iter([]), metadata=m)),
     "GetModelInfo": lambda s, m: s.GetModelInfo(extractor_pb2.GetModelInfoRequest(), metadata=m),
 }
 
@@ -273,3 +274,40 @@ async def test_per_caller_rate_limit_says_when_to_retry(
         assert "rate limit of 0.5 requests/s for 'reader-user' exceeded; retry in" in details
         # Another caller has a bucket of its own.
         assert (await status_of(call(stub, bearer(TOKENS["admin"]))))[0] == grpc.StatusCode.OK
+
+
+async def test_search_sends_its_token_to_an_extractor_that_wants_one(
+    pki: Pki, start_secure_extractor: StartApp, start_secure_search: StartApp
+) -> None:
+    from tests import photos
+
+    callers = pki.folder / "extractor-callers"
+    callers.write_text(f"token {hash_token('search-to-extractor')} reader search\n")
+    _, extractor_port = await start_secure_extractor(
+        tls_cert_file=pki.server.cert, tls_key_file=pki.server.key, auth_file=callers
+    )
+    token_file = pki.folder / "extractor.token"
+    token_file.write_text("search-to-extractor\n")
+    common = {
+        "extractor_address": f"localhost:{extractor_port}",
+        "extractor_tls_ca_file": pki.ca.bundle,
+        "extractor_timeout_s": 5,
+    }
+    _, with_token = await start_secure_search(extractor_token_file=token_file, **common)
+    _, without = await start_secure_search(**common)
+    item = search_pb2.IngestItem(key="cat", image=photos.photo_bytes("chelsea"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{with_token}") as channel:
+        response = await search_pb2_grpc.SearchServiceStub(channel).Ingest(
+            search_pb2.IngestRequest(items=[item])
+        )
+        assert response.results[0].status == search_pb2.INGEST_STATUS_CREATED
+    # Another photo: the same one would be UNCHANGED, never sent to the extractor.
+    other = search_pb2.IngestItem(key="coffee", image=photos.photo_bytes("coffee"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{without}") as channel:
+        code, details = await status_of(
+            search_pb2_grpc.SearchServiceStub(channel).Ingest(
+                search_pb2.IngestRequest(items=[other])
+            )
+        )
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "UNAUTHENTICATED" in details
