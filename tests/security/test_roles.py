@@ -121,7 +121,7 @@ async def test_an_admin_can_really_create_and_delete_and_a_writer_cannot(
 
 
 async def test_wrong_malformed_and_revoked_tokens_are_unauthenticated(
-    pki: Pki, start_secure_search: StartApp
+    pki: Pki, start_secure_search: StartApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = callers_file(pki.folder)
     _, port = await start_secure_search(auth_file=path)
@@ -151,6 +151,10 @@ async def test_wrong_malformed_and_revoked_tokens_are_unauthenticated(
         # A broken edit keeps the last good file rather than locking everyone out.
         path.write_text("token nonsense\n")
         assert (await list_as(bearer("fresh")))[0] == grpc.StatusCode.OK
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "callers file unusable" in logged  # the log was captured, and says why
+    for token in ("not-a-token", TOKENS["reader"], "fresh", "dXNlcjpwdw=="):
+        assert token not in logged
 
 
 async def test_health_is_open_and_reflection_follows_its_setting(
