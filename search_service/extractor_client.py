@@ -12,6 +12,7 @@ import numpy as np
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
 from service_core.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
+from service_core.tls import ClientTlsFiles, ReloadingChannel
 
 # Embed has no side effects, so gRPC may retry it when the extractor is briefly
 # unreachable or busy (a rolling update, a full queue).
@@ -48,11 +49,23 @@ class Embedded:
 class ExtractorClient:
     """Embeds images through the extractor, in chunks the extractor accepts."""
 
-    def __init__(self, address: str, *, max_message_bytes: int, chunk: int = 32) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_message_bytes: int,
+        chunk: int = 32,
+        tls: ClientTlsFiles | None = None,
+        server_name: str = "",
+        token: str | None = None,
+    ) -> None:
         self.address = address
         self._chunk = chunk
-        self._channel = grpc.aio.insecure_channel(
+        # The channel is reopened when its certificate is renewed on disk.
+        self._channel = ReloadingChannel(
             address,
+            tls=tls,
+            server_name=server_name,
             options=[
                 ("grpc.service_config", _SERVICE_CONFIG),
                 ("grpc.enable_retries", 1),
@@ -60,10 +73,19 @@ class ExtractorClient:
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
-        self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._stub_channel = self._channel.channel
+        self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._stub_channel)
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        await self._channel.close()
+
+    def _current_stub(self) -> extractor_pb2_grpc.ExtractorServiceAsyncStub:
+        channel = self._channel.current()
+        if channel is not self._stub_channel:
+            self._stub = extractor_pb2_grpc.ExtractorServiceStub(channel)
+            self._stub_channel = channel
+        return self._stub
 
     async def embed(
         self, images: Sequence[tuple[str, bytes]], *, timeout_s: float
@@ -79,7 +101,9 @@ class ExtractorClient:
                 ]
             )
             try:
-                response = await self._stub.Embed(request, timeout=timeout_s)
+                response = await self._current_stub().Embed(
+                    request, timeout=timeout_s, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as error:
                 raise self._translate(error) from error
             model = ModelKey(response.model.name, response.model.version, response.model.dimension)

@@ -62,3 +62,15 @@ class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work could be done."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServiceError):
+    """The caller sent no credentials, or ones that match no configured caller."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known, but its role does not allow the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
