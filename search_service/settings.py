@@ -39,6 +39,7 @@ class SearchSettings(ServerSettings):
         60.0, "longest wait for the extractor when the caller set no deadline"
     )
     max_ingest_items: int = setting(256, "most items in one Ingest request")
+    max_collections: int = setting(1000, "most collections one database may hold")
     stream_batch_items: int = setting(64, "IngestStream items written per transaction")
     ingest_concurrency: int = setting(
         2, "IngestStream batches written at once, each on its own connection"

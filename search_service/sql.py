@@ -21,6 +21,10 @@ RETURNING id, name, model_name, model_version, dimension, serving_version, creat
 
 DELETE_COLLECTION = "DELETE FROM collections WHERE id = $1"
 
+COUNT_COLLECTIONS = "SELECT count(*) FROM collections"
+# Any fixed number: CreateCollection calls take turns while they count.
+LOCK_COLLECTION_CREATION = "SELECT pg_advisory_xact_lock(1734, 1)"
+
 # The default collection always exists: deleting it empties and unbinds it instead.
 EMPTY_COLLECTION = """
 WITH gone AS (DELETE FROM images WHERE collection_id = $1 RETURNING 1),
