@@ -297,8 +297,13 @@ class Store:
         if metadata_filter is not None:
             statement, extra = sql.BOUND_SCAN_FILTERED, [metadata_filter]
         args = (collection.id, version, cube.tolist(), threshold, *extra)
-        async with database_errors():
-            return await self.pool.fetch(statement, *args)
+        async with (
+            database_errors(),
+            self.pool.acquire() as connection,
+            connection.transaction(readonly=True),
+        ):
+            await connection.execute(sql.PARALLEL_SCAN)
+            return await connection.fetch(statement, *args)
 
     async def vectors(
         self, ids: Sequence[int], exclude_key: str | None, metadata_filter: dict[str, Any] | None
