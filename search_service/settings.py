@@ -54,7 +54,7 @@ class SearchSettings(ServerSettings):
     refit_growth: float = setting(
         4.0, "refit in the background each time a collection grows this many times; 0: never"
     )
-    projection_dimensions: int = setting(64, "PCA dimensions of the cube (1-99)")
+    projection_dimensions: int = setting(99, "PCA dimensions of the cube (1-99)")
     projection_sample: int = setting(50_000, "vectors sampled to fit a projection")
     fit_memory_bytes: int = setting(
         1 << 30, "most memory a fit's sample may take; larger models sample fewer rows"
