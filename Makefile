@@ -65,11 +65,11 @@ eval: setup
 # Each prints its figures (docs/*-performance.md); BENCH_ARGS=--quick for a short run.
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) benchmarks/bench_preprocess.py
-	$(PY) benchmarks/bench_extractor.py --model vgg16 $(BENCH_ARGS)
-	$(PY) benchmarks/bench_precision.py
-	$(PY) benchmarks/bench_search.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_ingest.py
+	$(PY) -m benchmarks.bench_preprocess
+	$(PY) -m benchmarks.bench_extractor --model vgg16 $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_precision
+	$(PY) -m benchmarks.bench_search $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_ingest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

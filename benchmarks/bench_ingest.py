@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,16 +29,13 @@ import asyncpg
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-from benchmarks.search_peers import load_average, start_server, wait_serving  # noqa: E402
-from benchmarks.synthetic import cnn_like_vectors  # noqa: E402
-from devenv.postgres import LocalPostgres, free_port  # noqa: E402
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from search_service.schema import migrate  # noqa: E402
-from search_service.store import ModelKey, NewImage, Store, init_connection  # noqa: E402
+from benchmarks.search_peers import load_average, start_server
+from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import wait_serving
+from devenv.synthetic import cnn_like_vectors
+from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.schema import migrate
+from search_service.store import ModelKey, NewImage, Store, init_connection
 
 MODEL = "synthetic-cnn"
 

@@ -22,7 +22,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,18 +30,12 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
+import faiss
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-# gRPC logs a line for every fork (the PostgreSQL helpers run subprocesses).
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-import faiss  # noqa: E402
-import grpc  # noqa: E402
-
-from benchmarks.search_peers import (  # noqa: E402
+from benchmarks.search_peers import (
     FIGURES_HEADER,
     Figures,
     PgvectorPostgres,
@@ -53,16 +46,16 @@ from benchmarks.search_peers import (  # noqa: E402
     rss_mib,
     start_server,
     vector_binary,
-    wait_serving,
 )
-from benchmarks.synthetic import cnn_like_vectors, iter_cnn_like_vectors  # noqa: E402
-from devenv.postgres import LocalPostgres, free_port  # noqa: E402
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from search_service.projection import Projection  # noqa: E402
-from search_service.refit import Refitter  # noqa: E402
-from search_service.schema import migrate  # noqa: E402
-from search_service.settings import SearchSettings  # noqa: E402
-from search_service.store import (  # noqa: E402
+from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import wait_serving
+from devenv.synthetic import cnn_like_vectors, iter_cnn_like_vectors
+from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.projection import Projection
+from search_service.refit import Refitter
+from search_service.schema import migrate
+from search_service.settings import SearchSettings
+from search_service.store import (
     Collection,
     Hit,
     ModelKey,

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import io
-import os
 import struct
 import subprocess
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devenv.postgres import DEFAULT_DATABASE, LocalPostgres, PostgresError
+from devenv.stack import spawn
 
 Matrix = npt.NDArray[np.float32]
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,34 +169,12 @@ def start_server(dsn: str, port: int, log: IO[bytes], **settings: str) -> subpro
     ``settings`` adds SEARCH_* variables: ``ingest_concurrency="1"`` sets
     SEARCH_INGEST_CONCURRENCY.
     """
-    env = (
-        os.environ
-        | {
-            "SEARCH_DATABASE_URL": dsn,
-            "SEARCH_PORT": str(port),
-            "SEARCH_EXTRACTOR_ADDRESS": "127.0.0.1:1",
-            "SEARCH_AUTO_FIT_THRESHOLD": str(10**9),
-            "SEARCH_GRACE_PERIOD_S": "0",
-            "SEARCH_LOG_LEVEL": "WARNING",
-        }
-        | {f"SEARCH_{name.upper()}": value for name, value in settings.items()}
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "search_service"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-
-
-async def wait_serving(channel: grpc.aio.Channel, server: subprocess.Popen[bytes]) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"search_service exited with {server.returncode}")
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.5)
-    raise RuntimeError("search_service did not report SERVING within 120 s")
+    defaults: dict[str, object] = {
+        "database_url": dsn,
+        "port": port,
+        "extractor_address": "127.0.0.1:1",
+        "auto_fit_threshold": 10**9,
+        "grace_period_s": 0,
+        "log_level": "WARNING",
+    }
+    return spawn("search", defaults | settings, log=log, cwd=ROOT)

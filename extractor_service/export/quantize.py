@@ -36,7 +36,7 @@ _SKIMAGE_PHOTOS = (
 )  # fmt: skip
 _DARKNET_PHOTOS = ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")
 # Never calibrated on, so that tests and benchmarks can compare int8 with fp32 on photos the
-# quantizer has not seen (names as in tests/photos.py).
+# quantizer has not seen (names as in devenv/photos.py).
 HELD_OUT = frozenset({"chelsea", "motorcycle", "dog", "eagle", "giraffe", "person"})
 # Between the weights' provenance and the quantization note in an int8 manifest.
 PROVENANCE_SEPARATOR = " | "
