@@ -11,16 +11,30 @@ MODEL_DIR ?= models/default
 # fp32, or int8 (static quantization: 3.3-3.8x faster VGG16 on CPUs with VNNI).
 PRECISION ?= fp32
 SETUP_STAMP := $(VENV)/.installed-$(shell printf '%s' "$(EXTRAS)" | tr ',' '-')
+# Every extra: constraints.txt pins all that any of them, and so any image, installs.
+LOCK_EXTRAS := extractor,search,cli,export,dev,bench
 
-.PHONY: setup protos model run test check lint format bench eval deploy-check clean
+.PHONY: setup lock version protos model run test check lint format bench eval deploy-check clean
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --constraint constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
+
+# Re-resolves constraints.txt from pyproject.toml: the newest versions that fit. A local
+# version label (torch's +cpu) is dropped: the public version matches it on every index.
+lock: setup
+	CUSTOM_COMPILE_COMMAND='make lock' $(PY) -m piptools compile --quiet --upgrade \
+		--strip-extras --no-emit-index-url --no-emit-find-links \
+		--extra $(LOCK_EXTRAS) --output-file constraints.txt pyproject.toml
+	sed -i -E 's/^([A-Za-z0-9_.-]+==[^+ ]+)\+[A-Za-z0-9.]+/\1/' constraints.txt
+
+# The project's version: pyproject.toml's, as the installed package reports it.
+version: setup
+	@$(PY) -c 'import importlib.metadata; print(importlib.metadata.version("imagesearch"))'
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -329,3 +330,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = cli("search", server="127.0.0.1:1", cwd=tmp_path)
     assert result.returncode == 2
     assert "one of the arguments image --key is required" in result.stderr
+
+
+def test_version_is_pyprojects(tmp_path: Path) -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    shown = cli("--version", server="127.0.0.1:1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"imagesearch {pyproject['project']['version']}"
