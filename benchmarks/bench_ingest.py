@@ -29,7 +29,8 @@ import asyncpg
 import grpc
 import numpy as np
 
-from benchmarks.search_peers import load_average, start_server
+from benchmarks.machine import load_average
+from benchmarks.search_server import start_server
 from devenv.postgres import LocalPostgres, free_port
 from devenv.stack import wait_serving
 from devenv.synthetic import cnn_like_vectors

@@ -35,18 +35,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.search_peers import (
-    FIGURES_HEADER,
-    Figures,
-    PgvectorPostgres,
-    at_equal_recall,
-    copy_vectors,
-    figures,
-    load_average,
-    rss_mib,
-    start_server,
-    vector_binary,
-)
+from benchmarks.figures import FIGURES_HEADER, Figures, at_equal_recall, figures
+from benchmarks.machine import load_average, rss_mib
+from benchmarks.pgvector import PgvectorPostgres, copy_vectors, vector_binary
+from benchmarks.search_server import start_server
 from devenv.postgres import LocalPostgres, free_port
 from devenv.stack import wait_serving
 from devenv.synthetic import cnn_like_vectors, iter_cnn_like_vectors
