@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -70,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.2)
-        status = 1  # a service exited by itself: say so, stop the rest
-        print("a service exited; stopping the others", file=sys.stderr, flush=True)
+        if not stopping:  # a service exited by itself: say so, stop the rest
+            status = 1
+            print("a service exited; stopping the others", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C reached the children too: they are already draining
     finally:
