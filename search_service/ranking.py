@@ -20,6 +20,7 @@ from search_service.domain import Collection, Hit, Query
 from search_service.projection import ProjectionVersion
 from search_service.store import Store
 from search_service.vectors import cutoff, merge, nearest
+from service_core.errors import NotFound, Unavailable
 
 # Slack on the lower bound for float64 rounding: cube_distance and the exact distance
 # are both float64 on unit vectors, each within ~1e-15 of the real value.
@@ -32,6 +33,8 @@ MIN_PART = 25
 # per step: most queries end in the first step, and long walks take few round trips.
 FIRST_STEP = 256
 MAX_STEP = 8192
+# Refits a search may see replace its version before it gives up with UNAVAILABLE.
+_STALE_ATTEMPTS = 3
 
 
 @dataclass
@@ -65,9 +68,24 @@ class Ranker:
     ) -> list[Hit]:
         """The exact nearest hits: those of a brute-force scan, in the same order."""
         work = work or Work()
+        for _ in range(_STALE_ATTEMPTS):
+            hits = await self._exact(collection, query, work)
+            if hits is not None:
+                return hits
+            # A refit retired the version this search started on: rank on the new one.
+            collection = await self._store.collection(collection.name)
+        raise Unavailable(f"the projection of {collection.name!r} is being replaced; retry")
+
+    async def _exact(self, collection: Collection, query: Query, work: Work) -> list[Hit] | None:
+        """EXACT on the collection's serving version; None if that version was retired."""
         version = collection.serving_version
-        fitted = await self._store.version(collection, version) if version else None
-        if fitted is None or not fitted.bounded:
+        if not version:
+            return await self._scan_all(collection, query, work)
+        try:
+            fitted = await self._store.version(collection, version)
+        except NotFound:
+            return None
+        if not fitted.bounded:
             return await self._scan_all(collection, query, work)
         cube = await asyncio.to_thread(fitted.cubes, query.vector)
         candidates = max(self._seed.candidates, query.keep)
@@ -79,6 +97,8 @@ class Ranker:
         rows = await self._store.within_bound(
             collection, fitted.version, cube, threshold + BOUND_MARGIN, query.metadata_filter
         )
+        if rows is None:
+            return None
         work.within_bound += len(rows)
         pending = [(r["image_id"], r["bound"]) for r in rows if r["image_id"] not in seen]
         step, start = FIRST_STEP, 0
