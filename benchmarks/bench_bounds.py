@@ -128,7 +128,13 @@ async def main_async(options: argparse.Namespace) -> None:
         for dims in options.dims:
             cluster.psql(f"CREATE DATABASE d{dims}")
         began = time.perf_counter()
-        vectors = embed(sample, work)
+        cache: Path | None = options.vectors
+        if cache is not None and cache.is_file():
+            vectors = np.load(cache)
+        else:
+            vectors = embed(sample, work)
+            if cache is not None:
+                np.save(cache, vectors)
         say(
             f"Fashion-MNIST test split, {len(vectors):,} images ({per_class} per class), "
             f"Lite0 1280-D embedded in {time.perf_counter() - began:.0f} s; {options.queries} "
@@ -146,6 +152,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=10_000, help="Fashion-MNIST images")
     parser.add_argument("--queries", type=int, default=200, help="EXACT queries per dimension")
     parser.add_argument("--dims", default="64,99", help="projection dimensions to measure")
+    parser.add_argument(
+        "--vectors", type=Path, default=None, help="an .npy file to keep the embeddings in"
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "imagesearch-bounds"
     )

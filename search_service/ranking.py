@@ -29,9 +29,12 @@ BOUND_MARGIN = 1e-9
 # ``parallelism`` parts at a time, so that reads from disk overlap.
 MAX_PART = 500
 MIN_PART = 25
+# EXACT seeds its k-th best distance with this many of FAST's candidates per hit.
+SEED_FACTOR = 2
+MIN_SEEDS = 32
 # EXACT's walk re-ranks this many rows of the bound order per step at first, doubling
-# per step: most queries end in the first step, and long walks take few round trips.
-FIRST_STEP = 256
+# per step: short walks read little more than they need, long ones take few round trips.
+FIRST_STEP = 64
 MAX_STEP = 8192
 # Refits a search may see replace its version before it gives up with UNAVAILABLE.
 _STALE_ATTEMPTS = 3
@@ -46,22 +49,14 @@ class Work:
     within_bound: int = 0
 
 
-@dataclass(frozen=True)
-class Probe:
-    """How FAST gathers its candidates."""
-
-    probes: int
-    candidates: int
-
-
 class Ranker:
     """Ranks a collection's images against a query, EXACT or FAST."""
 
-    def __init__(self, store: Store, *, parallelism: int, seed: Probe) -> None:
+    def __init__(self, store: Store, *, parallelism: int, seed_probes: int) -> None:
         self._store = store
         self._parallelism = parallelism
-        # EXACT's first step: FAST's candidates give a k-th best distance that prunes.
-        self._seed = seed
+        # EXACT's first step: FAST's nearest candidates give a k-th best distance.
+        self._seed_probes = seed_probes
 
     async def exact(
         self, collection: Collection, query: Query, work: Work | None = None
@@ -88,10 +83,10 @@ class Ranker:
         if not fitted.bounded:
             return await self._scan_all(collection, query, work)
         cube = await asyncio.to_thread(fitted.cubes, query.vector)
-        candidates = max(self._seed.candidates, query.keep)
-        best, seen = await self._fast(
-            collection, fitted, cube, query, self._seed.probes, candidates
-        )
+        # A few of FAST's candidates are enough for a k-th best distance to bound the
+        # scan with; the walk in bound order re-ranks what else can place.
+        seeds = max(MIN_SEEDS, SEED_FACTOR * query.keep)
+        best, seen = await self._fast(collection, fitted, cube, query, self._seed_probes, seeds)
         work.reranked += len(seen)
         threshold = cutoff(best, query.keep, query.max_distance)
         rows = await self._store.within_bound(
