@@ -61,6 +61,17 @@ def embed(sample: fashion.Sample, work: Path) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
+def load_or_embed(sample: fashion.Sample, work: Path, cache: Path | None) -> np.ndarray:
+    """The embeddings, from ``cache`` when it holds them (written there otherwise)."""
+    if cache is not None and cache.is_file():
+        vectors: np.ndarray = np.load(cache)
+        return vectors
+    vectors = embed(sample, work)
+    if cache is not None:
+        np.save(cache, vectors)
+    return vectors
+
+
 async def measure(vectors: np.ndarray, cluster: LocalPostgres, options: argparse.Namespace) -> None:
     model = search_pb2.Model(name="efficientnet-lite0", version="bench", dimension=1280)
     keys = [f"k{i:05d}" for i in range(len(vectors))]
@@ -128,13 +139,7 @@ async def main_async(options: argparse.Namespace) -> None:
         for dims in options.dims:
             cluster.psql(f"CREATE DATABASE d{dims}")
         began = time.perf_counter()
-        cache: Path | None = options.vectors
-        if cache is not None and cache.is_file():
-            vectors = np.load(cache)
-        else:
-            vectors = embed(sample, work)
-            if cache is not None:
-                np.save(cache, vectors)
+        vectors = load_or_embed(sample, work, options.vectors)
         say(
             f"Fashion-MNIST test split, {len(vectors):,} images ({per_class} per class), "
             f"Lite0 1280-D embedded in {time.perf_counter() - began:.0f} s; {options.queries} "
