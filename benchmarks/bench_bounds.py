@@ -7,7 +7,8 @@
 # extractor's own preprocessing and ONNX Runtime session; a search service in this process
 # stores the vectors (precomputed, through gRPC) in a throwaway cluster and fits its
 # projection at each dimension; then EXACT searches by stored key (the key left out) and
-# the ranker counts the rows it re-ranked. Each answer is checked against numpy.
+# the ranker counts the rows it re-ranked. Each answer is checked against numpy, and FAST
+# at the service's defaults is measured against it (recall@10).
 
 from __future__ import annotations
 
@@ -103,11 +104,22 @@ async def measure(vectors: np.ndarray, cluster: LocalPostgres, options: argparse
             fit_s = time.perf_counter() - began
             assert app.backend is not None
             collection = await app.backend.store.collection("")
-            shares, same = [], 0
+            shares, same, recalled = [], 0, 0
+            settings = app.settings
+            version = collection.serving_version
+            assert version is not None
             for i in chosen:
                 work = Work()
                 query = Query(vector=unit(vectors[i]), limit=K, exclude_key=keys[i])
                 hits = await app.backend.ranker.exact(collection, query, work)
+                fast = await app.backend.ranker.fast(
+                    collection,
+                    version,
+                    query,
+                    probes=settings.default_probes,
+                    candidates=settings.default_candidates,
+                )
+                recalled += len({h.key for h in fast} & {h.key for h in hits})
                 distances = np.linalg.norm(units - units[i], axis=1)
                 distances[i] = np.inf
                 order = np.lexsort((np.array(keys), distances))[:K]
@@ -117,7 +129,10 @@ async def measure(vectors: np.ndarray, cluster: LocalPostgres, options: argparse
             say(
                 f"{dims:>3}-D + residual  fit {fit_s:5.1f} s  rows re-ranked per query: "
                 f"median {np.median(share):.2%}, p90 {np.percentile(share, 90):.2%}, max "
-                f"{share.max():.2%} of {len(vectors):,}  EXACT == numpy on {same}/{len(chosen)}"
+                f"{share.max():.2%} of {len(vectors):,}  EXACT == numpy on {same}/{len(chosen)}; "
+                f"FAST defaults ({settings.default_probes} probes, "
+                f"{settings.default_candidates} candidates) R@{K} "
+                f"{recalled / (K * len(chosen)):.3f}"
             )
 
 
