@@ -58,7 +58,36 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Internal(ServiceError):
+    """A dependency failed in a way that is neither the caller's fault nor transient."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work could be done."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNKNOWN: Internal,
+    grpc.StatusCode.DATA_LOSS: Internal,
+}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> ServiceError:
+    """The domain error that carries a dependency's status ``code`` on to our caller.
+
+    Codes without a class of their own (UNIMPLEMENTED from a wrong peer, say) are
+    reported as UNAVAILABLE: the dependency cannot serve us as it stands.
+    """
+    return _BY_CODE.get(code, Unavailable)(message)
