@@ -67,7 +67,10 @@ class SearchApp(App):
             store, dimensions=settings.projection_dimensions, sample=settings.projection_sample
         )
         self.servicer.extractor = ExtractorClient(
-            settings.extractor_address, max_message_bytes=settings.max_message_bytes
+            settings.extractor_address,
+            max_message_bytes=settings.max_message_bytes,
+            keepalive_time_s=settings.keepalive_time_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
         )
         self.servicer.store = store
 
