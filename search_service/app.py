@@ -19,6 +19,9 @@ from service_core.server import App, Service
 
 log = logging.getLogger(__name__)
 
+# The cheapest round trip that proves a pooled connection works.
+_PING = "SELECT 1"
+
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
@@ -31,6 +34,7 @@ class SearchApp(App):
         super().__init__(settings)
         self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def services(self) -> Sequence[Service]:
         return [
@@ -73,8 +77,34 @@ class SearchApp(App):
             keepalive_timeout_s=settings.keepalive_timeout_s,
         )
         self.servicer.store = store
+        self._watch = asyncio.create_task(self._watch_database(self.pool))
+
+    async def _watch_database(self, pool: asyncpg.Pool) -> None:
+        """Readiness follows the database: NOT_SERVING while it does not answer.
+
+        Only readiness: the liveness service stays SERVING, so an outage takes the
+        pod out of rotation instead of restarting it (a restart cannot help).
+        """
+        interval = self.settings.database_check_s
+        reachable = True
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(interval):
+                    await pool.fetchval(_PING)
+                answered = True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                answered = False
+            if answered != reachable and self.server is not None:
+                reachable = answered
+                level = logging.INFO if answered else logging.WARNING
+                log.log(level, "database %s", "reachable" if answered else "unreachable")
+                await self.server.set_serving(answered)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         for task in list(self.servicer.background):
             task.cancel()
         await asyncio.gather(*self.servicer.background, return_exceptions=True)

@@ -21,6 +21,9 @@ class SearchSettings(ServerSettings):
     pool_min_size: int = setting(1, "connections the pool keeps open")
     pool_max_size: int = setting(10, "most connections the pool opens")
     pool_close_timeout_s: float = setting(5.0, "seconds to wait for queries on shutdown")
+    database_check_s: float = setting(
+        2.0, "how often readiness asks the database; unanswered this long is NOT_SERVING"
+    )
     extractor_timeout_s: float = setting(
         60.0, "longest wait for the extractor when the caller set no deadline"
     )
@@ -57,6 +60,8 @@ class SearchSettings(ServerSettings):
                 f"{self.ingest_concurrency}, {self.stream_batch_items} and "
                 f"{self.rerank_parallelism}"
             )
+        if self.database_check_s <= 0:
+            raise ValueError(f"database_check_s must be > 0, got {self.database_check_s}")
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ValueError("need 1 <= default_top_k <= max_top_k")
         if not 0 <= self.pool_min_size <= self.pool_max_size or self.pool_max_size < 1:

@@ -29,6 +29,12 @@ class Service:
     register: Callable[[grpc.aio.Server], None]
 
 
+# The health service name a liveness probe asks for: SERVING from the moment the
+# server listens until it shuts down, whatever its dependencies do, so that a
+# database outage takes pods out of rotation (readiness) without restarting them.
+LIVENESS_SERVICE = "liveness"
+
+
 class PortInUse(RuntimeError):
     """The address to listen on is taken (or not this host's); start-up stops."""
 
@@ -135,6 +141,7 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     await server.start()
     started = GrpcServer(server, port, health_servicer, names, endpoint)
     await started.set_serving(False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "listening",
         extra={"address": f"{settings.host}:{port}", "metrics_port": started.metrics_port},
