@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,33 @@ class PreprocessConfig:
             raise ValueError("max_pixels must be positive")
 
 
-def preprocess(data: bytes, config: PreprocessConfig, *, item: str) -> npt.NDArray[np.float32]:
+class PixelBudget:
+    """The pixels one request may decode, shared by its decode threads.
+
+    Decoding costs time in proportion to pixels (a 6320x6320 PNG, 114 kB on the wire,
+    takes most of a CPU-second): without a budget, a single request of large images
+    would hold every decode thread for seconds. Images past it are refused one by one.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.left = pixels
+        self.total = pixels
+        self._lock = threading.Lock()
+
+    def take(self, size: tuple[int, int], item: str) -> None:
+        pixels = size[0] * size[1]
+        with self._lock:
+            if pixels > self.left:
+                raise ResourceExhausted(
+                    f"image {item!r}: its {size[0]}x{size[1]} pixels would pass the "
+                    f"{self.total} one request may decode; send it in another request"
+                )
+            self.left -= pixels
+
+
+def preprocess(
+    data: bytes, config: PreprocessConfig, *, item: str, budget: PixelBudget | None = None
+) -> npt.NDArray[np.float32]:
     """Decode one image and return it as float32 (3, input_size, input_size), CHW."""
     if not data:
         raise InvalidArgument(f"image {item!r}: empty (0 bytes)")
@@ -115,6 +142,8 @@ def preprocess(data: bytes, config: PreprocessConfig, *, item: str) -> npt.NDArr
         _check_size(image.size, config.max_pixels, item)
         if fmt == "JPEG":
             _check_jpeg_length(data, item)
+        if budget is not None:
+            budget.take(_decoded_size(image, config), item)
         box = _load_upright(image, config)
         upright = _to_rgb_or_grey(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -196,6 +225,18 @@ def _check_jpeg_length(data: bytes, item: str) -> None:
                 )
             return
         at += 2 + length
+
+
+def _decoded_size(image: ImageFile.ImageFile, config: PreprocessConfig) -> tuple[int, int]:
+    """The pixels decoding will produce: a JPEG decodes at a reduced scale (draft)."""
+    width, height = image.size
+    if isinstance(image, JpegImagePlugin.JpegImageFile):
+        floor = math.ceil(config.resize_size * _DRAFT_HEADROOM)
+        scale = 1
+        while scale < 8 and min(width, height) // (scale * 2) >= floor:
+            scale *= 2
+        return math.ceil(width / scale), math.ceil(height / scale)
+    return width, height
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, item: str) -> None:

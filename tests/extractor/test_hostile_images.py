@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import PixelBudget, PreprocessConfig, preprocess
 from service_core.errors import InvalidArgument, ResourceExhausted
 from tests.photos import available_photos, encode, photo
 
@@ -119,3 +119,21 @@ def test_mutated_real_files_decode_or_are_refused_never_crash() -> None:
     # Both paths are exercised: not every mutant breaks the file, nor does every one pass.
     assert outcomes["decoded"] > 50
     assert outcomes["refused"] > 50
+
+
+def test_a_request_decodes_at_most_its_pixel_budget() -> None:
+    png = encode(picture((1000, 1000)), "PNG")
+    budget = PixelBudget(2_500_000)
+    assert preprocess(png, CONFIG, item="a", budget=budget).shape == (3, 224, 224)
+    assert preprocess(png, CONFIG, item="b", budget=budget).shape == (3, 224, 224)
+    with pytest.raises(ResourceExhausted, match=r"'c'.*1000x1000.*2500000"):
+        preprocess(png, CONFIG, item="c", budget=budget)
+
+
+def test_a_jpeg_counts_at_its_reduced_decode_size() -> None:
+    # 4000x3000 decodes at 1/8 (500x375): a budget of 1 MP takes several.
+    jpeg = encode(picture((4000, 3000)), "JPEG")
+    budget = PixelBudget(1_000_000)
+    for item in ("a", "b", "c"):
+        preprocess(jpeg, CONFIG, item=item, budget=budget)
+    assert budget.left == 1_000_000 - 3 * 500 * 375
