@@ -39,8 +39,10 @@ from benchmarks.search_peers import load_average, start_server, wait_serving  # 
 from benchmarks.synthetic import cnn_like_vectors  # noqa: E402
 from devenv.postgres import LocalPostgres, free_port  # noqa: E402
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
+from search_service.db import init_connection  # noqa: E402
+from search_service.domain import ModelKey, NewImage  # noqa: E402
 from search_service.schema import migrate  # noqa: E402
-from search_service.store import ModelKey, NewImage, Store, init_connection  # noqa: E402
+from search_service.store import Store  # noqa: E402
 
 MODEL = "synthetic-cnn"
 

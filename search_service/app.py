@@ -9,18 +9,19 @@ from collections.abc import Sequence
 import asyncpg
 
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service import sql
+from search_service.db import init_connection
 from search_service.extractor_client import ExtractorClient
-from search_service.refit import Refitter
+from search_service.ingest import Ingester
+from search_service.ranking import Probe, Ranker
+from search_service.refit import AutoFit, Refitter
 from search_service.schema import migrate
-from search_service.servicer import SearchServicer
+from search_service.servicer import Backend, SearchServicer
 from search_service.settings import SearchSettings
-from search_service.store import Store, init_connection
+from search_service.store import Store
 from service_core.server import App, Service
 
 log = logging.getLogger(__name__)
-
-# The cheapest round trip that proves a pooled connection works.
-_PING = "SELECT 1"
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
@@ -34,6 +35,7 @@ class SearchApp(App):
         super().__init__(settings)
         self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
+        self.backend: Backend | None = None
         self._watch: asyncio.Task[None] | None = None
 
     def services(self) -> Sequence[Service]:
@@ -65,18 +67,39 @@ class SearchApp(App):
                 delay = min(delay * 2, 10.0)
         async with self.pool.acquire() as connection:
             await migrate(connection)
-        parallelism = min(settings.rerank_parallelism, settings.pool_max_size)
-        store = Store(self.pool, rerank_parallelism=parallelism)
-        self.servicer.refitter = Refitter(
-            store, dimensions=settings.projection_dimensions, sample=settings.projection_sample
+        store = Store(self.pool)
+        refitter = Refitter(
+            store,
+            dimensions=settings.projection_dimensions,
+            sample=settings.projection_sample,
+            memory_bytes=settings.fit_memory_bytes,
         )
-        self.servicer.extractor = ExtractorClient(
+        autofit = AutoFit(
+            store, refitter, threshold=settings.auto_fit_threshold, growth=settings.refit_growth
+        )
+        extractor = ExtractorClient(
             settings.extractor_address,
             max_message_bytes=settings.max_message_bytes,
             keepalive_time_s=settings.keepalive_time_s,
             keepalive_timeout_s=settings.keepalive_timeout_s,
         )
-        self.servicer.store = store
+        ranker = Ranker(
+            store,
+            parallelism=min(settings.rerank_parallelism, settings.pool_max_size),
+            seed=Probe(settings.default_probes, settings.default_candidates),
+        )
+        self.backend = Backend(
+            store=store,
+            extractor=extractor,
+            refitter=refitter,
+            ranker=ranker,
+            ingester=Ingester(store, extractor, written=autofit.notice),
+            autofit=autofit,
+        )
+        self.servicer.serve(self.backend)
+        # A collection may be due a fit already: grown while no replica ran, or fitted
+        # before lower bounds (schema 0001).
+        await autofit.check_all()
         self._watch = asyncio.create_task(self._watch_database(self.pool))
 
     async def _watch_database(self, pool: asyncpg.Pool) -> None:
@@ -91,7 +114,7 @@ class SearchApp(App):
             await asyncio.sleep(interval)
             try:
                 async with asyncio.timeout(interval):
-                    await pool.fetchval(_PING)
+                    await pool.fetchval(sql.PING)
                 answered = True
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 answered = False
@@ -105,11 +128,9 @@ class SearchApp(App):
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
-        for task in list(self.servicer.background):
-            task.cancel()
-        await asyncio.gather(*self.servicer.background, return_exceptions=True)
-        if self.servicer.extractor is not None:
-            await self.servicer.extractor.close()
+        if self.backend is not None:
+            await self.backend.autofit.close()
+            await self.backend.extractor.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), self.settings.pool_close_timeout_s)

@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from imagesearch.search.v1 import search_pb2
-from search_service.store import Collection, ModelKey, ProjectionInfo, Vector
+from search_service.domain import Collection, ModelKey, ProjectionInfo, Vector
 from service_core.errors import InvalidArgument
 
 MAX_KEY_CHARS = 1024

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
-from search_service.store import ModelKey, Vector
+from search_service.domain import ModelKey, Vector
 from service_core.errors import DeadlineExceeded, ServiceError, error_for
 
 # Embed has no side effects, so gRPC may retry it when the extractor is briefly

@@ -12,6 +12,8 @@ import numpy.typing as npt
 
 # PostgreSQL's cube type refuses more than 100 dimensions (CUBE_MAX_DIM).
 MAX_DIMENSIONS = 100
+# A lower-bound cube holds the d projected coordinates and one more, the residual's norm.
+MAX_BOUNDED_DIMENSIONS = MAX_DIMENSIONS - 1
 # 65536 lists would leave ~15 rows per list at 1M rows, far past the useful end; the bound
 # only keeps a corrupt or mistaken request from allocating absurd centroid tables.
 MAX_LISTS = 65536
@@ -37,12 +39,15 @@ _ROW_BLOCK = 4096
 # Bytes of the (rows x lists) float32 score matrix per assign() block: the memory bound for
 # n = 1M x 4000 lists; blocks of ~1000+ rows keep the product at full BLAS speed.
 _ASSIGN_BLOCK_BYTES = 16 << 20
-# Above this input dimension a full eigendecomposition of the covariance costs more than
-# block subspace iteration for the top d axes (measured at D = 4096, d = 64: eigh 8-16 s,
-# iteration ~3 s; at D = 1280 both take ~0.5 s, and eigh needs no convergence test).
+# Up to this input dimension the D x D covariance is small (32 MiB at 2048) and its full
+# eigendecomposition exact and quick; above it the fit never forms a D x D matrix and
+# takes the top axes from a randomized SVD of the sample instead (O(sample x D) memory).
 _FULL_EIGH_MAX_DIM = 2048
-_SUBSPACE_TOL = 1e-6
-_SUBSPACE_MAX_ITER = 60
+# Power iterations of the randomized SVD: each multiplies the gap between wanted and
+# unwanted singular values; four are plenty for the decaying spectra of CNN features.
+_POWER_ITERATIONS = 4
+# Rows of the float64 block used to compute lower bounds: 1024 x 4096 x 8 = 32 MiB.
+_BOUND_BLOCK = 1024
 # Orthonormality slack for components read back from float32 storage.
 _ORTHONORMAL_ATOL = 1e-4
 
@@ -65,6 +70,10 @@ class Projection:
     # float64 copies for nearest_lists, made once: converting per query cost ~2 ms.
     _centroids64: npt.NDArray[np.float64] = field(init=False)
     _centroid_norms: npt.NDArray[np.float64] = field(init=False)
+    # The components made orthonormal to float64 precision (their float32 copies are so
+    # only to ~1e-7): the lower bound rests on exact orthonormality.
+    _basis64: npt.NDArray[np.float64] = field(init=False)
+    _mean64: npt.NDArray[np.float64] = field(init=False)
 
     def __post_init__(self) -> None:
         mean = _frozen_float32(self.mean, "mean")
@@ -103,6 +112,14 @@ class Projection:
         norms.flags.writeable = False
         object.__setattr__(self, "_centroids64", centroids64)
         object.__setattr__(self, "_centroid_norms", norms)
+        # QR keeps the span and, up to signs fixed below, the axes themselves.
+        q, r = np.linalg.qr(components.T.astype(np.float64))
+        basis = (q * np.where(np.diag(r) < 0, -1.0, 1.0)).T
+        basis.flags.writeable = False
+        mean64 = mean.astype(np.float64)
+        mean64.flags.writeable = False
+        object.__setattr__(self, "_basis64", basis)
+        object.__setattr__(self, "_mean64", mean64)
 
     def __repr__(self) -> str:
         # Shapes only: the arrays run to megabytes and this ends up in logs.
@@ -148,6 +165,45 @@ class Projection:
         # the d-wide output is as strict as checking the D-wide input, and cheaper.
         if not np.isfinite(out).all():
             raise ValueError("vectors contain NaN or infinity (or overflow float32)")
+        return out[0] if single else out
+
+    def bounds(self, units: FloatArray) -> npt.NDArray[np.float64]:
+        """Lower-bound coordinates ``(n, d + 1)`` of ``(n, D)`` unit vectors (float64).
+
+        The first d are the projection of the centred vector x' = x - mean onto the
+        orthonormal axes P; the last is the norm of what the projection leaves out,
+        |r(x)| with r(x) = x' - P.T P x'. For any x and y, Pythagoras and the reverse
+        triangle inequality give
+
+            |x - y|^2 = |P x' - P y'|^2 + |r(x) - r(y)|^2
+                     >= |P x' - P y'|^2 + (|r(x)| - |r(y)|)^2,
+
+        so the Euclidean (cube) distance between two rows is never above the true one,
+        up to float64 rounding (about 1e-15 on unit vectors). ``|r|^2 = |x'|^2 - |Px'|^2``
+        costs one product instead of two; both terms are O(1), so the cancellation costs
+        at most a few ulps there.
+        """
+        array = np.asarray(units)
+        single = array.ndim == 1
+        rows = array.reshape(1, -1) if single else array
+        if rows.ndim != 2 or rows.shape[1] != self.input_dimension:
+            raise ValueError(
+                f"units must have shape (n, {self.input_dimension}) or "
+                f"({self.input_dimension},), got {array.shape}"
+            )
+        _require_real(rows, "units")
+        out = np.empty((rows.shape[0], self.dimensions + 1), dtype=np.float64)
+        basis_t = self._basis64.T
+        for start in range(0, rows.shape[0], _BOUND_BLOCK):
+            centred = np.asarray(rows[start : start + _BOUND_BLOCK], dtype=np.float64)
+            centred = centred - self._mean64
+            coordinates = out[start : start + _BOUND_BLOCK, :-1]
+            np.matmul(centred, basis_t, out=coordinates)
+            kept = np.einsum("ij,ij->i", coordinates, coordinates)
+            total = np.einsum("ij,ij->i", centred, centred)
+            out[start : start + _BOUND_BLOCK, -1] = np.sqrt(np.maximum(total - kept, 0.0))
+        if not np.isfinite(out).all():
+            raise ValueError("units contain NaN or infinity")
         return out[0] if single else out
 
     def assign(self, projected: FloatArray) -> Int32Array:
@@ -271,14 +327,11 @@ def fit_projection(
 def fit_pca(sample: FloatArray, *, dimensions: int) -> tuple[Float32Array, Float32Array]:
     """The sample mean ``(D,)`` and its top ``dimensions`` principal axes ``(d, D)``.
 
-    Route: accumulate the D x D covariance over row blocks (one BLAS syrk-shaped pass,
-    n * D^2 flops: ~2 s per 8k rows at D = 4096 on two cores, and memory stays at one
-    block plus D^2), then take its top eigenvectors. That beats an SVD of the n x D sample
-    (n * D^2 with a much larger constant, and an n x D copy) and is exact, unlike a
-    randomized SVD of the sample, which needs several passes over n x D for a comparable
-    cost. The eigenvectors come from a full ``eigh`` for D <= 2048 and from block subspace
-    iteration on the covariance above that (each step is a cheap D x D by D x ~2d product,
-    iterated to a residual tolerance; it falls back to ``eigh`` if it stalls).
+    Up to D = 2048 the covariance is accumulated over row blocks (float32 products within
+    a block, a float64 sum across blocks) and fully eigendecomposed: exact, and D x D is
+    small there. Above it nothing D x D is formed: a randomized SVD of the centred sample
+    (Halko, Martinsson and Tropp, with power iterations) finds the top axes with memory
+    O(sample x D), which is what lets 16,384-D models fit at all.
     Axes are sign-normalised (largest-magnitude coordinate positive) so that a refit on
     similar data does not flip axes arbitrarily.
     """
@@ -302,15 +355,60 @@ def fit_pca(sample: FloatArray, *, dimensions: int) -> tuple[Float32Array, Float
         mean += block.sum(axis=0)
     mean /= count
     mean32 = mean.astype(np.float32)
-    covariance = np.zeros((dim, dim), dtype=np.float64)
-    for start in range(0, count, _ROW_BLOCK):
-        centred = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32) - mean32
-        # float32 products within a block (BLAS speed), float64 sum across blocks (so error
-        # does not grow with n). The scale is irrelevant to the eigenvectors.
-        covariance += centred.T @ centred
-    covariance /= count
-    axes = _top_eigenvectors(covariance, int(dimensions))
-    return mean32, axes.T.astype(np.float32)
+    k = int(dimensions)
+    if dim <= _FULL_EIGH_MAX_DIM:
+        covariance = np.zeros((dim, dim), dtype=np.float64)
+        for start in range(0, count, _ROW_BLOCK):
+            centred = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32) - mean32
+            covariance += centred.T @ centred
+        _, all_vectors = np.linalg.eigh(covariance)
+        axes = all_vectors[:, ::-1][:, :k]
+    else:
+        axes = _randomized_axes(rows, mean32, k)
+    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
+    signs[signs == 0] = 1.0
+    return mean32, (axes * signs).T.astype(np.float32)
+
+
+def _randomized_axes(rows: FloatArray, mean: Float32Array, k: int) -> npt.NDArray[np.float64]:
+    """Columns: the top k right singular vectors of ``rows - mean``, by randomized SVD.
+
+    The centred sample is never materialised: ``(X - 1 m) W = X W - 1 (m W)``, in row
+    blocks, so memory stays at the sample plus a few ``(n or D) x (2k + 16)`` matrices.
+    """
+    count, dim = rows.shape
+    width = min(dim, count, 2 * k + 16)
+    # Fixed seed: the starting block only affects accuracy within the iterations, and a
+    # fixed one keeps fits reproducible independently of the caller's k-means seed.
+    basis = np.random.default_rng(0).standard_normal((dim, width))
+
+    def times(right: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """(X - 1 m) @ right, n x width."""
+        right32 = right.astype(np.float32)
+        out = np.empty((count, right.shape[1]), dtype=np.float64)
+        for start in range(0, count, _ROW_BLOCK):
+            block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32)
+            out[start : start + _ROW_BLOCK] = block @ right32
+        result: npt.NDArray[np.float64] = out - (mean.astype(np.float64) @ right)[None, :]
+        return result
+
+    def transposed_times(left: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """(X - 1 m).T @ left, D x width, accumulated in float64 across blocks."""
+        out = np.zeros((dim, left.shape[1]), dtype=np.float64)
+        for start in range(0, count, _ROW_BLOCK):
+            block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32)
+            out += block.T @ left[start : start + _ROW_BLOCK].astype(np.float32)
+        result: npt.NDArray[np.float64] = out - np.outer(mean, left.sum(axis=0))
+        return result
+
+    sketch = _orthonormalise(times(basis))
+    for _ in range(_POWER_ITERATIONS):
+        sketch = _orthonormalise(times(_orthonormalise(transposed_times(sketch))))
+    # B = Q.T (X - 1 m) is width x D; its right singular vectors are the axes.
+    small = transposed_times(sketch).T
+    _, _, right = np.linalg.svd(small, full_matrices=False)
+    axes: npt.NDArray[np.float64] = right[:k].T
+    return axes
 
 
 def fit_lists(
@@ -362,49 +460,6 @@ def fit_lists(
             farthest = np.argsort(-distances, kind="stable")[: empty.size]
             centroids[empty] = data[farthest]
     return centroids
-
-
-def _top_eigenvectors(covariance: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.float64]:
-    """Columns: the k eigenvectors of a symmetric PSD matrix with the largest eigenvalues."""
-    dim = covariance.shape[0]
-    block = min(dim, 2 * k + 16)
-    vectors = None
-    if dim > _FULL_EIGH_MAX_DIM and 2 * block <= dim:
-        vectors = _subspace_iteration(covariance, k, block)
-    if vectors is None:
-        _, all_vectors = np.linalg.eigh(covariance)
-        vectors = all_vectors[:, ::-1][:, :k]
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
-    signs[signs == 0] = 1.0
-    result: npt.NDArray[np.float64] = vectors * signs
-    return result
-
-
-def _subspace_iteration(
-    covariance: npt.NDArray[np.float64], k: int, block: int
-) -> npt.NDArray[np.float64] | None:
-    """Top-k eigenvectors by block power iteration with Rayleigh-Ritz; None if not converged.
-
-    Error shrinks per step by about lambda_(block+1) / lambda_k, fast for the decaying
-    spectra of CNN features; the oversampled block (2k + 16) keeps that ratio small.
-    """
-    dim = covariance.shape[0]
-    # Fixed seed: the starting block only affects speed, and a fixed one keeps fits
-    # reproducible independently of the caller's k-means seed.
-    basis = _orthonormalise(np.random.default_rng(0).standard_normal((dim, block)))
-    scale = float(np.trace(covariance)) / dim or 1.0
-    for _ in range(_SUBSPACE_MAX_ITER):
-        image = covariance @ basis
-        values, rotation = np.linalg.eigh(basis.T @ image)
-        values, rotation = values[::-1], rotation[:, ::-1]
-        ritz = basis @ rotation
-        residual = np.linalg.norm(image @ rotation[:, :k] - ritz[:, :k] * values[:k], axis=0)
-        top = max(float(values[0]), scale)
-        if float(residual.max()) <= _SUBSPACE_TOL * top:
-            result: npt.NDArray[np.float64] = ritz[:, :k]
-            return result
-        basis = _orthonormalise(image @ rotation)
-    return None
 
 
 def _orthonormalise(columns: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -492,3 +547,34 @@ def _frozen_float32(array: FloatArray, name: str) -> Float32Array:
     copy = np.array(source, dtype=np.float32, order="C", copy=True)
     copy.flags.writeable = False
     return copy
+
+
+@dataclass(frozen=True)
+class ProjectionVersion:
+    """One stored version of a collection's projection, read as its cubes were written.
+
+    A bounded version's cubes are ``Projection.bounds`` (d + 1 coordinates, lower bounds
+    of the true distance); an unbounded one (fitted under schema 0001) holds the d
+    projected coordinates alone, which order FAST's candidates but bound nothing.
+    """
+
+    version: int
+    projection: Projection
+    bounded: bool
+
+    def cubes(self, units: FloatArray) -> npt.NDArray[np.float64]:
+        """The cube coordinates of unit vectors, ``(n, d [+ 1])``, or of one vector."""
+        if self.bounded:
+            return self.projection.bounds(units)
+        projected: npt.NDArray[np.float64] = self.projection.project(units).astype(np.float64)
+        return projected
+
+    def lists(self, cubes: FloatArray) -> Int32Array:
+        """The list of each row of ``cubes``."""
+        rows = np.asarray(cubes)[:, : self.projection.dimensions]
+        return self.projection.assign(rows.astype(np.float32))
+
+    def nearest_lists(self, cube: FloatArray, probes: int) -> Int32Array:
+        """The ``probes`` lists nearest one query's cube, nearest first."""
+        coordinates = np.asarray(cube)[: self.projection.dimensions].astype(np.float32)
+        return self.projection.nearest_lists(coordinates, probes)

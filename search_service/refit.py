@@ -4,49 +4,58 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from search_service import sql
 from search_service.copy import binary_copy
-from search_service.projection import default_lists, fit_projection
-from search_service.store import (
-    Collection,
-    Connection,
-    ProjectionInfo,
-    Store,
-    database_errors,
+from search_service.db import Connection, database_errors
+from search_service.domain import Collection, ProjectionInfo
+from search_service.projection import (
+    MAX_BOUNDED_DIMENSIONS,
+    ProjectionVersion,
+    default_lists,
+    fit_projection,
 )
+from search_service.store import Store
+from search_service.vectors import units
 from service_core.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
 # Advisory lock namespace (first key) for "a refit of collection N is running".
 _LOCK_NAMESPACE = 0x1A6E
-_BATCH = 4096
+# Vectors projected per step of a fit: 64 MiB of float32 whatever the dimension.
+_BATCH_BYTES = 64 << 20
 MIN_IMAGES = 2
-
-_CREATE_RESULTS = """
-CREATE TEMPORARY TABLE IF NOT EXISTS refit_lists (
-    list_id integer NOT NULL, image_id bigint NOT NULL, coarse float8[] NOT NULL)
-"""
-_PUBLISH_LISTS = """
-INSERT INTO image_lists (collection_id, version, list_id, image_id, coarse)
-SELECT $1, $2, r.list_id, r.image_id, cube(r.coarse)
-FROM refit_lists r JOIN images i ON i.id = r.image_id
-ORDER BY r.list_id, r.image_id
-ON CONFLICT DO NOTHING
-"""
+# A fit needs at least this many sampled rows to be worth publishing.
+_MIN_SAMPLE = 256
 
 
 class Refitter:
     """Runs at most one fit per collection across every replica (an advisory lock)."""
 
-    def __init__(self, store: Store, *, dimensions: int, sample: int) -> None:
+    def __init__(
+        self, store: Store, *, dimensions: int, sample: int, memory_bytes: int = 1 << 30
+    ) -> None:
         self._store = store
         self._dimensions = dimensions
         self._sample = sample
+        # The fit holds its sample (rows x D float32) and a few (rows or D) x 2d blocks,
+        # never a D x D matrix: the sample is cut to fit this budget.
+        self._memory_bytes = memory_bytes
+
+    def sample_size(self, dimension: int) -> int:
+        """Rows sampled for a fit at ``dimension``; FAILED_PRECONDITION if too few fit."""
+        rows = min(self._sample, self._memory_bytes // (4 * dimension))
+        if rows < min(self._sample, _MIN_SAMPLE):
+            raise FailedPrecondition(
+                f"{dimension}-D vectors are too large to fit a projection in "
+                f"{self._memory_bytes >> 20} MiB (room for {rows} sampled rows, at least "
+                f"{min(self._sample, _MIN_SAMPLE)} needed); raise SEARCH_FIT_MEMORY_BYTES"
+            )
+        return rows
 
     async def refit(
         self, collection: Collection, *, dimensions: int = 0, lists: int = 0
@@ -61,7 +70,7 @@ class Refitter:
             try:
                 return await self._refit(connection, collection, dimensions, lists)
             finally:
-                await connection.execute("DROP TABLE IF EXISTS refit_lists")
+                await connection.execute(sql.DROP_REFIT_LISTS)
                 await connection.fetchval(sql.FIT_UNLOCK, _LOCK_NAMESPACE, collection.id)
 
     async def _refit(
@@ -73,43 +82,39 @@ class Refitter:
                 f"collection {collection.name!r} has {count} images; a projection needs at "
                 f"least {MIN_IMAGES}"
             )
-        percent = min(100.0, 100.0 * 1.2 * self._sample / count)
-        rows = await connection.fetch(sql.SAMPLE_EMBEDDINGS, collection.id, percent, self._sample)
-        sample = _units([r["embedding"] for r in rows])
+        if collection.model is None:
+            raise FailedPrecondition(f"collection {collection.name!r} holds no vectors yet")
+        size = self.sample_size(collection.model.dimension)
+        percent = min(100.0, 100.0 * 1.2 * size / count)
+        rows = await connection.fetch(sql.SAMPLE_EMBEDDINGS, collection.id, percent, size)
+        sample = await asyncio.to_thread(units, [r["embedding"] for r in rows])
+        del rows
         wanted = dimensions or self._dimensions
-        dims = min(wanted, sample.shape[1], len(sample))
+        dims = min(wanted, MAX_BOUNDED_DIMENSIONS, sample.shape[1], len(sample))
         lists = min(lists or default_lists(count), len(sample))
         started = asyncio.get_running_loop().time()
-        projection = await asyncio.to_thread(fit_projection, sample, dimensions=dims, lists=lists)
-        version: int = await connection.fetchval(sql.NEXT_PROJECTION_VERSION, collection.id)
-        await connection.execute(
-            sql.INSERT_PROJECTION,
-            collection.id,
-            version,
-            dims,
-            projection.lists,
-            count,
-            projection.to_bytes(),
+        projection = await asyncio.to_thread(
+            fit_projection, sample.astype(np.float32), dimensions=dims, lists=lists
         )
+        del sample
+        async with connection.transaction():
+            # Waits for the writes in flight; every write after this sees the new version.
+            await connection.execute(sql.LOCK_FOR_NEW_VERSION, collection.id)
+            version: int = await connection.fetchval(sql.NEXT_PROJECTION_VERSION, collection.id)
+            await connection.execute(
+                sql.INSERT_PROJECTION,
+                collection.id,
+                version,
+                dims,
+                projection.lists,
+                count,
+                projection.to_bytes(),
+            )
+        fitted = ProjectionVersion(version, projection, bounded=True)
         try:
-            await connection.execute(_CREATE_RESULTS)
-            await connection.execute("TRUNCATE refit_lists")
-            last_id = 0
-            while batch := await connection.fetch(
-                sql.EMBEDDINGS_AFTER, collection.id, last_id, _BATCH
-            ):
-                last_id = batch[-1]["id"]
-                vectors = _units([r["embedding"] for r in batch])
-                coarse = await asyncio.to_thread(projection.project, vectors)
-                assigned = await asyncio.to_thread(projection.assign, coarse)
-                entries = zip(assigned.tolist(), [r["id"] for r in batch], coarse, strict=True)
-                await connection.copy_to_table(
-                    "refit_lists",
-                    source=binary_copy(("int4", "int8", "float8[]"), entries),
-                    format="binary",
-                )
+            await self._write_entries(connection, collection, fitted)
             async with connection.transaction():
-                await connection.execute(_PUBLISH_LISTS, collection.id, version)
+                await connection.execute(sql.PUBLISH_LISTS, collection.id, version)
                 await connection.execute(sql.PUBLISH_PROJECTION, collection.id, version)
                 await connection.execute(sql.RETIRE_PROJECTIONS, collection.id, version)
         except BaseException:
@@ -139,10 +144,107 @@ class Refitter:
         info = [p for p in await self._store.projections(collection) if p.version == version]
         return info[0]
 
+    @staticmethod
+    async def _write_entries(
+        connection: Connection, collection: Collection, fitted: ProjectionVersion
+    ) -> None:
+        """Every image's list and lower-bound cube, staged for publication."""
+        assert collection.model is not None
+        batch = max(1, _BATCH_BYTES // (4 * collection.model.dimension))
+        await connection.execute(sql.CREATE_REFIT_LISTS)
+        await connection.execute(sql.TRUNCATE_REFIT_LISTS)
+        last_id = 0
+        while rows := await connection.fetch(sql.EMBEDDINGS_AFTER, collection.id, last_id, batch):
+            last_id = rows[-1]["id"]
+            ids = [r["id"] for r in rows]
+            lists, cubes = await asyncio.to_thread(_entries, fitted, [r["embedding"] for r in rows])
+            del rows
+            await connection.copy_to_table(
+                "refit_lists",
+                source=binary_copy(
+                    ("int4", "int8", "float8[]"), zip(lists.tolist(), ids, cubes, strict=True)
+                ),
+                format="binary",
+            )
 
-def _units(blobs: list[bytes]) -> np.ndarray:
-    """Stored float32 vectors, L2-normalised, as one (n, D) float32 matrix."""
-    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    normalised: np.ndarray = (matrix / np.maximum(norms, math.ulp(1.0))).astype(np.float32)
-    return normalised
+
+def _entries(fitted: ProjectionVersion, blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    cubes = fitted.cubes(units(blobs))
+    return fitted.lists(cubes), cubes
+
+
+class AutoFit:
+    """Fits each collection's projection in the background as it grows.
+
+    The first fit comes once a collection holds ``threshold`` images (below that EXACT
+    ranks every vector in the service); after that, a refit each time the collection has
+    grown ``growth``-fold since the serving projection was fitted, and one for a
+    projection fitted before lower bounds existed. Ingest and search never wait for it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        refitter: Refitter,
+        *,
+        threshold: int,
+        growth: float,
+        check_interval_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._refitter = refitter
+        self._threshold = threshold
+        self._growth = growth
+        # Counting a large collection costs a scan: once it has a projection, look at
+        # most this often.
+        self._interval = check_interval_s
+        self._checked: dict[int, float] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def notice(self, collection: Collection) -> None:
+        """A write stored vectors in ``collection``: check it soon, off the caller's path."""
+        name = f"fit:{collection.id}"
+        if any(t.get_name() == name for t in self.tasks):
+            return
+        now = asyncio.get_running_loop().time()
+        if collection.serving_version is not None and (
+            now - self._checked.get(collection.id, -self._interval) < self._interval
+        ):
+            return
+        self._checked[collection.id] = now
+        task = asyncio.create_task(self._check(collection.name), name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def check_all(self) -> None:
+        """Notices every collection (at start-up: some may be due a fit)."""
+        for collection in await self._store.collections():
+            if collection.model is not None:
+                self.notice(collection)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _check(self, name: str) -> None:
+        try:
+            collection = await self._store.collection(name)
+            count = await self._store.count(collection)
+            if await self._due(collection, count):
+                await self._refitter.refit(collection)
+        except FailedPrecondition as error:  # another replica is fitting, or too few rows
+            log.info("automatic fit skipped: %s", error.message)
+        except Exception:
+            log.exception("automatic fit failed", extra={"collection": name})
+
+    async def _due(self, collection: Collection, count: int) -> bool:
+        if collection.serving_version is None:
+            return count >= self._threshold
+        live = await self._store.projections(collection)
+        serving = next((p for p in live if p.version == collection.serving_version), None)
+        if serving is None:
+            return False
+        if not serving.bounded:
+            return True
+        return self._growth > 0 and count >= self._growth * serving.fitted_on

@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from search_service.store import Connection
+from search_service import sql
+from search_service.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +36,17 @@ def available() -> list[Migration]:
 
 async def migrate(connection: Connection) -> list[int]:
     """Applies every migration not yet recorded; returns the versions it applied."""
-    await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await connection.execute(sql.MIGRATION_LOCK, _LOCK_ID)
     try:
-        await connection.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version    integer PRIMARY KEY,
-                   name       text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = {
-            row["version"]
-            for row in await connection.fetch("SELECT version FROM schema_migrations")
-        }
+        await connection.execute(sql.CREATE_MIGRATIONS_TABLE)
+        done = {row["version"] for row in await connection.fetch(sql.APPLIED_MIGRATIONS)}
         applied = []
         for migration in available():
             if migration.version in done:
                 continue
             async with connection.transaction():
                 await connection.execute(migration.sql)
-                await connection.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+                await connection.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
             log.info(
                 "migration applied",
                 extra={"version": migration.version, "migration": migration.name},
@@ -65,4 +54,4 @@ async def migrate(connection: Connection) -> list[int]:
             applied.append(migration.version)
         return applied
     finally:
-        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        await connection.execute(sql.MIGRATION_UNLOCK, _LOCK_ID)

@@ -1,14 +1,11 @@
-"""SearchService: ingest into collections, rank by meaning, manage collections."""
+"""SearchService: the gRPC adapter over ingest, ranking and the store."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,59 +13,52 @@ import numpy as np
 
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service import convert
+from search_service.domain import Collection, Hit, Query
 from search_service.extractor_client import ExtractorClient
-from search_service.refit import Refitter
+from search_service.ingest import Ingester
+from search_service.projection import MAX_BOUNDED_DIMENSIONS
+from search_service.ranking import Ranker
+from search_service.refit import AutoFit, Refitter
 from search_service.settings import SearchSettings
-from search_service.store import Collection, Hit, ModelKey, NewImage, Store, Vector, unit
-from service_core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from search_service.store import Store
+from search_service.stream import ingest_stream
+from search_service.vectors import unit
+from service_core.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-MISMATCH = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 MAX_DELETE_KEYS = 10_000
 MAX_CANDIDATES = 100_000
 MAX_OFFSET = 100_000
 
 
-@dataclass
-class _Item:
-    """One ingest item on its way to the database."""
+@dataclass(frozen=True)
+class Backend:
+    """What the handlers need, built once the database is ready."""
 
-    index: int
-    key: str
-    metadata: dict[str, Any]
-    image: bytes | None = None
-    sha256: bytes | None = None
-    vector: Vector | None = None
-    model: ModelKey | None = None
-    result: search_pb2.IngestResult = field(default_factory=search_pb2.IngestResult)
-
-    def fail(self, code: int, message: str) -> None:
-        self.result.status = search_pb2.INGEST_STATUS_FAILED
-        self.result.error.code = code
-        self.result.error.message = message
-
-    @property
-    def pending(self) -> bool:
-        return self.result.status == search_pb2.INGEST_STATUS_UNSPECIFIED
+    store: Store
+    extractor: ExtractorClient
+    refitter: Refitter
+    ranker: Ranker
+    ingester: Ingester
+    autofit: AutoFit
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    """Validates requests, asks the extractor for vectors, and ranks in PostgreSQL."""
+    """Validates requests and hands them to the domain; raises domain errors."""
 
     def __init__(self, settings: SearchSettings) -> None:
         self._settings = settings
-        self.store: Store | None = None  # set once the database is ready
-        self.extractor: ExtractorClient | None = None
-        self.refitter: Refitter | None = None
-        self.background: set[asyncio.Task[Any]] = set()
+        self._backend: Backend | None = None  # until the database is ready
 
-    def _ready(self) -> tuple[Store, ExtractorClient, Refitter]:
-        if self.store is None or self.extractor is None or self.refitter is None:
+    def serve(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def _ready(self) -> Backend:
+        if self._backend is None:
             raise Unavailable("the search service is starting; retry shortly")
-        return self.store, self.extractor, self.refitter
+        return self._backend
 
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -80,7 +70,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Ingest(  # noqa: N802 - the RPC's name
         self, request: search_pb2.IngestRequest, context: Context
     ) -> search_pb2.IngestResponse:
-        store, _, _ = self._ready()
+        backend = self._ready()
         count, most = len(request.items), self._settings.max_ingest_items
         if not 1 <= count <= most:
             raise InvalidArgument(f"items: {count} items in one request; send 1 to {most}")
@@ -92,8 +82,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     "keys must be distinct within one request"
                 )
             seen[item.key] = index
-        collection = await store.collection(request.collection)
-        results = await self._ingest(collection, request.items, self._timeout(context))
+        collection = await backend.store.collection(request.collection)
+        results = await backend.ingester.ingest(collection, request.items, self._timeout(context))
         return search_pb2.IngestResponse(results=results)
 
     async def IngestStream(  # noqa: N802 - the RPC's name
@@ -101,185 +91,28 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         request_iterator: AsyncIterator[search_pb2.IngestStreamRequest],
         context: Context,
     ) -> AsyncIterator[search_pb2.IngestStreamResponse]:
-        self._ready()  # UNAVAILABLE before reading the stream while starting
-        # Batches are written concurrently, each in its own transaction on its own
-        # connection, while results go back in stream order. A batch that shares a key
-        # with one in flight waits for it, so the stream's last write of a key wins.
-        in_flight: collections.deque[tuple[asyncio.Task[list[search_pb2.IngestResult]], _Batch]]
-        in_flight = collections.deque()
-        answer = search_pb2.IngestStreamResponse()  # the request message being answered
+        backend = self._ready()  # UNAVAILABLE before reading the stream while starting
 
-        async def completed() -> AsyncIterator[search_pb2.IngestStreamResponse]:
-            nonlocal answer
-            task, batch = in_flight.popleft()
-            for result, last in zip(await task, batch.ends, strict=True):
-                answer.results.append(result)
-                if last:
-                    yield answer
-                    answer = search_pb2.IngestStreamResponse()
+        async def write(
+            name: str, items: Sequence[search_pb2.IngestItem]
+        ) -> list[search_pb2.IngestResult]:
+            collection = await backend.store.collection(name)
+            return await backend.ingester.ingest(collection, items, self._timeout(context))
 
-        batches = aiter(_batches(request_iterator, self._settings.stream_batch_items))
-        arriving: asyncio.Future[_Batch] = asyncio.ensure_future(anext(batches))
-        try:
-            while True:
-                # Answer each message as soon as its batches are in, even while the next
-                # message has yet to come: a client may wait for an answer before sending.
-                awaited: set[asyncio.Future[Any]] = {arriving}
-                if in_flight:
-                    awaited.add(in_flight[0][0])
-                await asyncio.wait(awaited, return_when=asyncio.FIRST_COMPLETED)
-                while in_flight and in_flight[0][0].done():
-                    async for response in completed():
-                        yield response
-                if not arriving.done():
-                    continue
-                try:
-                    batch = arriving.result()
-                except StopAsyncIteration:
-                    break
-                except InvalidArgument:
-                    # A malformed request message: answer the items before it, then fail.
-                    while in_flight:
-                        async for response in completed():
-                            yield response
-                    raise
-                while in_flight and (
-                    len(in_flight) >= self._settings.ingest_concurrency
-                    or any(batch.keys & earlier.keys for _, earlier in in_flight)
-                ):
-                    async for response in completed():
-                        yield response
-                work = self._ingest_into(batch.collection, batch.items, self._timeout(context))
-                in_flight.append((asyncio.create_task(work), batch))
-                arriving = asyncio.ensure_future(anext(batches))
-            while in_flight:
-                async for response in completed():
-                    yield response
-        finally:
-            # The stream failed or the caller went away: later batches roll back.
-            arriving.cancel()
-            for task, _ in in_flight:
-                task.cancel()
-            await asyncio.gather(arriving, *(t for t, _ in in_flight), return_exceptions=True)
-
-    async def _ingest_into(
-        self, name: str, messages: Sequence[search_pb2.IngestItem], timeout_s: float
-    ) -> list[search_pb2.IngestResult]:
-        store, _, _ = self._ready()
-        return await self._ingest(await store.collection(name), messages, timeout_s)
-
-    async def _ingest(
-        self, collection: Collection, messages: Sequence[search_pb2.IngestItem], timeout_s: float
-    ) -> list[search_pb2.IngestResult]:
-        store, extractor, _ = self._ready()
-        items = [self._parse(index, message) for index, message in enumerate(messages)]
-        existing = await store.existing(collection, [i.key for i in items if i.pending])
-        updates: list[tuple[str, dict[str, Any]]] = []
-        for item in items:
-            known = existing.get(item.key)
-            if item.pending and item.image is not None and known and known[0] == item.sha256:
-                # Same bytes under the same key: never re-extracted.
-                if known[1] == item.metadata:
-                    item.result.status = search_pb2.INGEST_STATUS_UNCHANGED
-                else:
-                    item.result.status = search_pb2.INGEST_STATUS_UPDATED
-                    updates.append((item.key, item.metadata))
-        to_embed = [i for i in items if i.pending and i.image is not None]
-        if to_embed:
-            model, embedded = await extractor.embed(
-                [(i.key, i.image or b"") for i in to_embed], timeout_s=timeout_s
-            )
-            for item, outcome in zip(to_embed, embedded, strict=True):
-                if outcome.vector is None:
-                    item.fail(outcome.error_code, outcome.error_message)
-                else:
-                    item.vector, item.model = outcome.vector, model
-        target = collection.model or next((i.model for i in items if i.pending), None)
-        for item in items:
-            if item.pending and item.model != target:
-                assert item.model is not None
-                assert target is not None
-                item.fail(
-                    MISMATCH,
-                    f"item {item.key!r}: vector of {item.model.describe()}, but collection "
-                    f"{collection.name!r} holds {target.describe()}",
-                )
-        to_write = [i for i in items if i.pending]
-        if not to_write and not updates:
-            return [i.result for i in items]
-        created = await store.write(
-            collection,
-            target,
-            [
-                NewImage(i.key, i.sha256, i.metadata, i.vector)
-                for i in to_write
-                if i.vector is not None
-            ],
-            updates,
-        )
-        for item in to_write:
-            item.result.status = (
-                search_pb2.INGEST_STATUS_CREATED
-                if created[item.key]
-                else search_pb2.INGEST_STATUS_UPDATED
-            )
-        if to_write:
-            self._maybe_fit(collection)
-        return [i.result for i in items]
-
-    def _parse(self, index: int, message: search_pb2.IngestItem) -> _Item:
-        item = _Item(index, message.key, convert.struct_to_dict(message.metadata))
-        item.result.key = message.key
-        try:
-            convert.check_key(message.key, f"items[{index}].key")
-            source = message.WhichOneof("source")
-            if source == "image":
-                if not message.image:
-                    raise InvalidArgument(f"item {message.key!r}: the image is empty")
-                item.image = message.image
-                item.sha256 = hashlib.sha256(message.image).digest()
-                item.result.content_sha256 = item.sha256.hex()
-            elif source == "embedding":
-                model = convert.model_key(message.embedding.model, f"item {message.key!r} model")
-                item.model = model
-                item.vector = convert.vector(
-                    message.embedding.vector.values, model.dimension, f"item {message.key!r}"
-                )
-            else:
-                raise InvalidArgument(f"item {message.key!r}: set image bytes or an embedding")
-        except InvalidArgument as error:
-            item.fail(INVALID, error.message)
-        return item
-
-    def _maybe_fit(self, collection: Collection) -> None:
-        """Fits the first projection in the background once the collection is large enough."""
-        if collection.serving_version is not None or any(
-            t.get_name() == f"fit:{collection.id}" for t in self.background
+        async for response in ingest_stream(
+            request_iterator,
+            write,
+            batch_items=self._settings.stream_batch_items,
+            concurrency=self._settings.ingest_concurrency,
         ):
-            return
-        task = asyncio.create_task(self._fit_when_large(collection), name=f"fit:{collection.id}")
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def _fit_when_large(self, collection: Collection) -> None:
-        store, _, refitter = self._ready()
-        try:
-            fresh = await store.collection(collection.name)
-            if fresh.serving_version is None and (
-                await store.count(fresh) >= self._settings.auto_fit_threshold
-            ):
-                await refitter.refit(fresh)
-        except ServiceError as error:  # another replica is fitting, or the data went away
-            log.info("automatic fit skipped: %s", error.message)
-        except Exception:
-            log.exception("automatic fit failed", extra={"collection": collection.name})
+            yield response
 
     # -- search -------------------------------------------------------------------
 
     async def Search(  # noqa: N802 - the RPC's name
         self, request: search_pb2.SearchRequest, context: Context
     ) -> search_pb2.SearchResponse:
-        store, _, _ = self._ready()
+        backend = self._ready()
         settings = self._settings
         top_k = request.top_k or settings.default_top_k
         if top_k > settings.max_top_k:
@@ -300,10 +133,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             convert.struct_to_dict(request.filter) if request.HasField("filter") else None
         )
 
-        collection = await store.collection(request.collection)
-        query, exclude = await self._query(collection, request, context)
+        collection = await backend.store.collection(request.collection)
+        vector, exclude = await self._query(backend, collection, request, context)
         response = search_pb2.SearchResponse()
-        if query is None:  # nothing stored yet, so nothing to rank
+        if vector is None:  # nothing stored yet, so nothing to rank
             response.mode = search_pb2.SEARCH_MODE_EXACT
             return response
 
@@ -314,13 +147,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         )
         if request.page_token and token_mode != mode:
             raise InvalidArgument("page_token: was issued for a search in another mode")
-        common: dict[str, Any] = {
-            "limit": top_k + 1,  # one more tells whether a next page exists
-            "offset": offset,
-            "exclude_key": exclude,
-            "max_distance": max_distance,
-            "metadata_filter": metadata_filter,
-        }
+        query = Query(
+            vector=vector,
+            limit=top_k + 1,  # one more tells whether a next page exists
+            offset=offset,
+            exclude_key=exclude,
+            max_distance=max_distance,
+            metadata_filter=metadata_filter,
+        )
         version = 0
         if mode == search_pb2.SEARCH_MODE_FAST:
             version = token_version or collection.serving_version or 0
@@ -333,11 +167,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             candidates = max(request.candidates or settings.default_candidates, offset + top_k + 1)
             if candidates > MAX_CANDIDATES:
                 raise InvalidArgument(f"candidates: at most {MAX_CANDIDATES}")
-            hits = await store.search_fast(
-                collection, version, query, probes=probes, candidates=candidates, **common
+            hits = await backend.ranker.fast(
+                collection, version, query, probes=probes, candidates=candidates
             )
         elif mode == search_pb2.SEARCH_MODE_EXACT:
-            hits = await store.search_exact(collection, query, **common)
+            hits = await backend.ranker.exact(collection, query)
         else:
             raise InvalidArgument(f"mode: unknown value {request.mode}")
 
@@ -349,10 +183,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return response
 
     async def _query(
-        self, collection: Collection, request: search_pb2.SearchRequest, context: Context
+        self,
+        backend: Backend,
+        collection: Collection,
+        request: search_pb2.SearchRequest,
+        context: Context,
     ) -> tuple[np.ndarray | None, str | None]:
         """The unit query vector (None when the collection is empty) and a key to leave out."""
-        store, extractor, _ = self._ready()
+        store, extractor = backend.store, backend.extractor
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgument("query: set one of image, key or vector")
@@ -385,7 +223,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def GetImage(  # noqa: N802 - the RPC's name
         self, request: search_pb2.GetImageRequest, context: Context
     ) -> search_pb2.GetImageResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         convert.check_key(request.key, "key")
         collection = await store.collection(request.collection)
         stored = await store.image(collection, request.key)
@@ -404,7 +242,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def DeleteImages(  # noqa: N802 - the RPC's name
         self, request: search_pb2.DeleteImagesRequest, context: Context
     ) -> search_pb2.DeleteImagesResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         if not 1 <= len(request.keys) <= MAX_DELETE_KEYS:
             raise InvalidArgument(f"keys: send 1 to {MAX_DELETE_KEYS} keys")
         collection = await store.collection(request.collection)
@@ -415,7 +253,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def CreateCollection(  # noqa: N802 - the RPC's name
         self, request: search_pb2.CreateCollectionRequest, context: Context
     ) -> search_pb2.CreateCollectionResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         model = convert.model_key(request.model, "model") if request.HasField("model") else None
         collection = await store.create_collection(request.name, model)
         return search_pb2.CreateCollectionResponse(
@@ -425,7 +263,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def ListCollections(  # noqa: N802 - the RPC's name
         self, request: search_pb2.ListCollectionsRequest, context: Context
     ) -> search_pb2.ListCollectionsResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         return search_pb2.ListCollectionsResponse(
             collections=[await self._stats(store, c) for c in await store.collections()]
         )
@@ -433,7 +271,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def DeleteCollection(  # noqa: N802 - the RPC's name
         self, request: search_pb2.DeleteCollectionRequest, context: Context
     ) -> search_pb2.DeleteCollectionResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         if not request.name:
             raise InvalidArgument("name: the collection to delete is required")
         return search_pb2.DeleteCollectionResponse(
@@ -443,7 +281,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def GetCollectionStats(  # noqa: N802 - the RPC's name
         self, request: search_pb2.GetCollectionStatsRequest, context: Context
     ) -> search_pb2.GetCollectionStatsResponse:
-        store, _, _ = self._ready()
+        store = self._ready().store
         collection = await store.collection(request.collection)
         return search_pb2.GetCollectionStatsResponse(
             collection=await self._stats(store, collection)
@@ -452,9 +290,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def RefitProjection(  # noqa: N802 - the RPC's name
         self, request: search_pb2.RefitProjectionRequest, context: Context
     ) -> search_pb2.RefitProjectionResponse:
-        store, _, refitter = self._ready()
-        if request.dimensions > 100:
-            raise InvalidArgument(f"dimensions: {request.dimensions} is above cube's limit, 100")
+        backend = self._ready()
+        store, refitter = backend.store, backend.refitter
+        if request.dimensions > MAX_BOUNDED_DIMENSIONS:
+            raise InvalidArgument(
+                f"dimensions: {request.dimensions} is above {MAX_BOUNDED_DIMENSIONS} (a cube "
+                "holds at most 100: the coordinates and the residual's norm)"
+            )
         collection = await store.collection(request.collection)
         info = await refitter.refit(collection, dimensions=request.dimensions, lists=request.lists)
         fresh = await store.collection(collection.name)
@@ -477,90 +319,3 @@ def _hit(hit: Hit, rank: int) -> search_pb2.SearchHit:
         similarity=convert.similarity(hit.distance),
         metadata=convert.dict_to_struct(hit.metadata),
     )
-
-
-@dataclass
-class _Batch:
-    """Stream items written in one transaction; ``ends[i]``: item i closes its message."""
-
-    collection: str
-    items: list[search_pb2.IngestItem] = field(default_factory=list)
-    ends: list[bool] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-
-
-async def _batches(
-    requests: AsyncIterator[search_pb2.IngestStreamRequest], size: int
-) -> AsyncIterator[_Batch]:
-    """Regroups a stream's items, in order, into batches of distinct keys of one collection.
-
-    A batch closes when full, when the collection changes, when a key repeats, or
-    when the client pauses, so a client that waits for each answer gets it.
-    """
-    queue: asyncio.Queue[search_pb2.IngestStreamRequest | None] = asyncio.Queue(maxsize=4)
-
-    async def read() -> None:
-        async for request in requests:
-            await queue.put(request)
-        await queue.put(None)
-
-    reader = asyncio.create_task(read())
-    # (collection, item, closes its message); an item of None stands for a bad message,
-    # raised once the items before it are batched.
-    waiting: collections.deque[tuple[str, search_pb2.IngestItem | None, bool]]
-    waiting = collections.deque()
-    received = 0
-
-    def unpack(request: search_pb2.IngestStreamRequest) -> None:
-        nonlocal received
-        if not request.items:
-            waiting.append((f"request message {received}: items: send at least one", None, True))
-        received += 1
-        last = len(request.items) - 1
-        for i, item in enumerate(request.items):
-            waiting.append((request.collection, item, i == last))
-
-    try:
-        ended = False
-        while not ended:
-            if not waiting:
-                request = await _next(queue, reader)
-                if request is None:
-                    return
-                unpack(request)
-            if waiting[0][1] is None:
-                raise InvalidArgument(waiting[0][0])
-            batch = _Batch(waiting[0][0])
-            while len(batch.items) < size:
-                if not waiting:
-                    if queue.empty():
-                        await asyncio.sleep(0)  # let the reader add what has already arrived
-                    if queue.empty():
-                        break
-                    request = queue.get_nowait()
-                    if request is None:
-                        ended = True
-                        break
-                    unpack(request)
-                name, item, last = waiting[0]
-                if item is None or name != batch.collection or item.key in batch.keys:
-                    break
-                waiting.popleft()
-                batch.items.append(item)
-                batch.ends.append(last)
-                batch.keys.add(item.key)
-            yield batch
-    finally:
-        reader.cancel()
-
-
-async def _next(
-    queue: asyncio.Queue[search_pb2.IngestStreamRequest | None], reader: asyncio.Task[None]
-) -> search_pb2.IngestStreamRequest | None:
-    """The next request, None at the end; raises what broke the client's stream."""
-    getter = asyncio.ensure_future(queue.get())
-    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-    if not getter.done() and reader.done() and (failure := reader.exception()):
-        getter.cancel()
-        raise failure
-    return await getter

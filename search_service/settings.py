@@ -35,10 +35,18 @@ class SearchSettings(ServerSettings):
     default_top_k: int = setting(10, "hits per page when a search asks for 0")
     max_top_k: int = setting(1000, "most hits per page")
     auto_fit_threshold: int = setting(
-        20_000, "fit a projection (enabling FAST search) once a collection has this many images"
+        1_000,
+        "fit a projection (lower bounds for EXACT, lists for FAST) once a collection has "
+        "this many images",
     )
-    projection_dimensions: int = setting(64, "PCA dimensions of the cube (1-100)")
+    refit_growth: float = setting(
+        4.0, "refit in the background each time a collection grows this many times; 0: never"
+    )
+    projection_dimensions: int = setting(64, "PCA dimensions of the cube (1-99)")
     projection_sample: int = setting(50_000, "vectors sampled to fit a projection")
+    fit_memory_bytes: int = setting(
+        1 << 30, "most memory a fit's sample may take; larger models sample fewer rows"
+    )
     default_probes: int = setting(32, "FAST: candidate lists probed when a search asks for 0")
     default_candidates: int = setting(
         200, "FAST: candidates re-ranked exactly when a search asks for 0"
@@ -49,11 +57,13 @@ class SearchSettings(ServerSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.projection_dimensions <= 100:
+        if not 1 <= self.projection_dimensions <= 99:
             raise ValueError(
-                f"projection_dimensions must be 1..100 (cube's limit), got "
-                f"{self.projection_dimensions}"
+                f"projection_dimensions must be 1..99 (cube holds 100: the coordinates and "
+                f"the residual's norm), got {self.projection_dimensions}"
             )
+        if self.refit_growth != 0 and not self.refit_growth > 1:
+            raise ValueError(f"refit_growth must be 0 (never) or above 1, got {self.refit_growth}")
         if min(self.ingest_concurrency, self.stream_batch_items, self.rerank_parallelism) < 1:
             raise ValueError(
                 f"need ingest_concurrency, stream_batch_items and rerank_parallelism >= 1, got "

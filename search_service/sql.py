@@ -42,6 +42,21 @@ WHERE id = $1 AND model_name IS NULL
 
 COLLECTION_MODEL = "SELECT model_name, model_version, dimension FROM collections WHERE id = $1"
 
+# A write holds the weakest row lock on its collection for its whole transaction; a fit
+# takes FOR UPDATE before adding a version, so it waits for the writes in flight and
+# every later write sees the new version (and writes its list entry too).
+LOCK_FOR_WRITE = "SELECT 1 FROM collections WHERE id = $1 FOR KEY SHARE"
+LOCK_FOR_NEW_VERSION = "SELECT 1 FROM collections WHERE id = $1 FOR UPDATE"
+
+# The versions a write must add its list entries to, locked so that a fit cannot
+# delete one under it (which failed the write with a foreign-key violation).
+LIVE_VERSIONS_LOCKED = """
+SELECT version FROM projections
+WHERE collection_id = $1 AND state IN ('building', 'ready')
+ORDER BY version
+FOR KEY SHARE
+"""
+
 EXISTING = """
 SELECT key, content_sha256, metadata FROM images
 WHERE collection_id = $1 AND key = ANY($2::text[])
@@ -54,21 +69,19 @@ CREATE TEMPORARY TABLE staging_images (
     key text NOT NULL,
     content_sha256 bytea,
     metadata jsonb NOT NULL,
-    embedding bytea NOT NULL,
-    unit float8[] NOT NULL
+    embedding bytea NOT NULL
 ) ON COMMIT DROP;
-ALTER TABLE staging_images ALTER embedding SET STORAGE EXTERNAL, ALTER unit SET STORAGE EXTERNAL
+ALTER TABLE staging_images ALTER embedding SET STORAGE EXTERNAL
 """
 
 UPSERT_FROM_STAGING = """
-INSERT INTO images AS i (collection_id, key, content_sha256, metadata, embedding, unit)
-SELECT $1, s.key, s.content_sha256, s.metadata, s.embedding, imagesearch_chunks(s.unit)
+INSERT INTO images AS i (collection_id, key, content_sha256, metadata, embedding)
+SELECT $1, s.key, s.content_sha256, s.metadata, s.embedding
 FROM staging_images s
 ON CONFLICT (collection_id, key) DO UPDATE
 SET content_sha256 = EXCLUDED.content_sha256,
     metadata = EXCLUDED.metadata,
     embedding = EXCLUDED.embedding,
-    unit = EXCLUDED.unit,
     updated_at = now()
 RETURNING i.id, i.key, (i.xmax = 0) AS created
 """
@@ -100,12 +113,14 @@ ON CONFLICT DO NOTHING
 """
 
 LIVE_PROJECTIONS = """
-SELECT version, state, dimensions, lists, fitted_on, fitted_at FROM projections
+SELECT version, state, dimensions, lists, fitted_on, fitted_at, bounded FROM projections
 WHERE collection_id = $1 AND state IN ('building', 'ready')
 ORDER BY version
 """
 
-PROJECTION_MODEL = "SELECT model FROM projections WHERE collection_id = $1 AND version = $2"
+PROJECTION_MODEL = """
+SELECT model, bounded FROM projections WHERE collection_id = $1 AND version = $2
+"""
 
 EMBEDDING_OF = "SELECT embedding FROM images WHERE collection_id = $1 AND key = $2"
 
@@ -118,22 +133,33 @@ DELETE_IMAGES = """
 DELETE FROM images WHERE collection_id = $1 AND key = ANY($2::text[]) RETURNING key
 """
 
-# EXACT: every image of the collection, distance computed in the database. The
-# query's chunks sit in a scalar subquery so they are built once, not per row.
-_EXACT = """
-SELECT key, metadata, distance FROM (
-    SELECT key, metadata,
-           imagesearch_distance(unit, (SELECT imagesearch_chunks($2::float8[]))) AS distance
-    FROM images
-    WHERE collection_id = $1 AND key IS DISTINCT FROM $3 {filter}
-    OFFSET 0  -- a fence: else the outer filter is pushed down and every distance computed twice
-) ranked
-WHERE distance <= $4
-ORDER BY distance, key
-LIMIT $5 OFFSET $6
+# EXACT, step 1: every row of a version whose lower bound can still beat the best hit
+# found so far, nearest bound first. The fence computes each bound once; the ids and
+# bounds alone cross the wire (16 bytes a row), never a vector.
+_BOUND_SCAN = """
+SELECT image_id, bound FROM (
+    SELECT l.image_id, l.coarse <-> (SELECT cube($3::float8[])) AS bound
+    FROM image_lists l {join}
+    WHERE l.collection_id = $1 AND l.version = $2 {filter}
+    OFFSET 0
+) bounded
+WHERE bound <= $4
+ORDER BY bound, image_id
 """
-SEARCH_EXACT = _EXACT.format(filter="")
-SEARCH_EXACT_FILTERED = _EXACT.format(filter="AND metadata @> $7")
+BOUND_SCAN = _BOUND_SCAN.format(join="", filter="")
+BOUND_SCAN_FILTERED = _BOUND_SCAN.format(
+    join="JOIN images i ON i.id = l.image_id", filter="AND i.metadata @> $5"
+)
+
+# EXACT without a lower-bound projection (a small collection): every vector, a part
+# at a time in id order, re-ranked in the service.
+_VECTORS_AFTER = """
+SELECT id, key, metadata, embedding FROM images
+WHERE collection_id = $1 AND id > $2 AND key IS DISTINCT FROM $3 {filter}
+ORDER BY id LIMIT $4
+"""
+VECTORS_AFTER = _VECTORS_AFTER.format(filter="")
+VECTORS_AFTER_FILTERED = _VECTORS_AFTER.format(filter="AND metadata @> $5")
 
 # FAST, step 1: the probed lists' rows ordered by the projected cube's distance (<->),
 # the nearest `candidates` of them.
@@ -168,6 +194,23 @@ SELECT coalesce(max(version), 0) + 1 FROM projections WHERE collection_id = $1
 INSERT_PROJECTION = """
 INSERT INTO projections (collection_id, version, state, dimensions, lists, fitted_on, model)
 VALUES ($1, $2, 'building', $3, $4, $5, $6)
+"""
+
+# A fit's list entries, computed in the service, wait here until the version is published.
+CREATE_REFIT_LISTS = """
+CREATE TEMPORARY TABLE IF NOT EXISTS refit_lists (
+    list_id integer NOT NULL, image_id bigint NOT NULL, coarse float8[] NOT NULL)
+"""
+TRUNCATE_REFIT_LISTS = "TRUNCATE refit_lists"
+DROP_REFIT_LISTS = "DROP TABLE IF EXISTS refit_lists"
+
+# An image written since the fit read it already has its (newer) entry: keep that one.
+PUBLISH_LISTS = """
+INSERT INTO image_lists (collection_id, version, list_id, image_id, coarse)
+SELECT $1, $2, r.list_id, r.image_id, cube(r.coarse)
+FROM refit_lists r JOIN images i ON i.id = r.image_id
+ORDER BY r.list_id, r.image_id
+ON CONFLICT DO NOTHING
 """
 
 EMBEDDINGS_AFTER = """
@@ -205,3 +248,19 @@ ANALYZE_LISTS = "ANALYZE image_lists"
 
 FIT_LOCK = "SELECT pg_try_advisory_lock($1, $2)"
 FIT_UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
+
+# -- Schema migrations (search_service.schema) -----------------------------------
+
+MIGRATION_LOCK = "SELECT pg_advisory_lock($1)"
+MIGRATION_UNLOCK = "SELECT pg_advisory_unlock($1)"
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())
+"""
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+# Readiness: the cheapest round trip that proves a pooled connection works.
+PING = "SELECT 1"

@@ -1,16 +1,11 @@
-"""PostgreSQL access for the search service: collections, images, rankings."""
+"""PostgreSQL access for the search service: collections, images, list entries, rows."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
-import json
 import re
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypeAlias
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -18,147 +13,40 @@ import numpy.typing as npt
 
 from search_service import sql
 from search_service.copy import binary_copy
-from search_service.projection import Projection
-from service_core.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
+from search_service.db import Connection, database_errors
+from search_service.domain import (
+    DEFAULT_COLLECTION,
+    Collection,
+    ModelKey,
+    NewImage,
+    ProjectionInfo,
+    StoredImage,
+    Vector,
 )
+from search_service.projection import Projection, ProjectionVersion
+from search_service.vectors import unit_rows
+from service_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
-Vector = npt.NDArray[np.float32]
-# A connection of its own or one borrowed from the pool.
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-)
-DEFAULT_COLLECTION = "default"
-# FAST fetches its candidates' full vectors in parts of MIN_RERANK_PART to RERANK_CHUNK
-# (at most 8 MiB at 4096-D), rerank_parallelism parts at a time.
-RERANK_CHUNK = 500
-MIN_RERANK_PART = 25
-_QUICK_MARGIN = 1e-6
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-# What asyncpg raises when the server goes away, restarts, or refuses connections
-# while starting: the request fails as UNAVAILABLE and the pool reconnects later.
-_CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+# A write that meets a fit's publication on the same image can deadlock (PostgreSQL
+# then aborts one side); the write is simply tried again.
+_WRITE_ATTEMPTS = 3
+Record = asyncpg.Record
 
 
-@contextlib.asynccontextmanager
-async def database_errors() -> AsyncIterator[None]:
-    """Turns a lost or refused database connection into a retryable UNAVAILABLE."""
-    try:
-        yield
-    except _CONNECTION_ERRORS as error:
-        raise Unavailable(f"the database is unavailable ({type(error).__name__}); retry") from error
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    """Which model made a vector; vectors compare only within one."""
-
-    name: str
-    version: str
-    dimension: int
-
-    def describe(self) -> str:
-        return f"{self.name} {self.version} ({self.dimension}-D)"
-
-
-@dataclass(frozen=True)
-class Collection:
-    id: int
-    name: str
-    model: ModelKey | None
-    serving_version: int | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ProjectionInfo:
-    version: int
-    state: str
-    dimensions: int
-    lists: int
-    fitted_on: int
-    fitted_at: datetime
-
-
-@dataclass(frozen=True)
-class NewImage:
-    """An image to store, its vector already computed."""
-
-    key: str
-    content_sha256: bytes | None
-    metadata: dict[str, Any]
-    embedding: Vector  # as produced, float32
-
-
-@dataclass(frozen=True)
-class Hit:
-    key: str
-    distance: float
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    key: str
-    content_sha256: bytes | None
-    metadata: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    embedding: Vector
-
-
-def unit(vector: Vector) -> npt.NDArray[np.float64]:
-    """The L2-normalised vector, in float64 as the database's cube holds it."""
-    as_double = vector.astype(np.float64)
-    norm = float(np.linalg.norm(as_double))
-    return as_double / norm if norm > 0 else as_double
-
-
-def _collection(row: asyncpg.Record) -> Collection:
+def _collection(row: Record) -> Collection:
     model = None
     if row["model_name"] is not None:
         model = ModelKey(row["model_name"], row["model_version"], row["dimension"])
     return Collection(row["id"], row["name"], model, row["serving_version"], row["created_at"])
 
 
-async def init_connection(connection: Connection) -> None:
-    """The pool's init hook: jsonb as Python objects, in binary so COPY can carry it."""
-    await connection.set_type_codec(
-        "jsonb",
-        encoder=_jsonb_encode,
-        decoder=_jsonb_decode,
-        schema="pg_catalog",
-        format="binary",
-    )
-
-
-def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()  # format version 1
-
-
-def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
-
-
 class Store:
     """Every read and write of the search service goes through here."""
 
-    def __init__(self, pool: asyncpg.Pool, *, rerank_parallelism: int = 4) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.rerank_parallelism = rerank_parallelism
-        self._projections: dict[tuple[int, int], Projection] = {}
+        self._versions: dict[tuple[int, int], ProjectionVersion] = {}
 
     # -- collections ------------------------------------------------------------
 
@@ -210,16 +98,17 @@ class Store:
             rows = await self.pool.fetch(sql.LIVE_PROJECTIONS, collection.id)
         return [ProjectionInfo(**dict(r)) for r in rows]
 
-    async def projection(self, collection: Collection, version: int) -> Projection:
-        """A projection's fitted model; immutable once written, so cached."""
+    async def version(self, collection: Collection, version: int) -> ProjectionVersion:
+        """A projection version's fitted model; immutable once written, so cached."""
         cache_key = (collection.id, version)
-        if cache_key not in self._projections:
+        if cache_key not in self._versions:
             async with database_errors():
-                data = await self.pool.fetchval(sql.PROJECTION_MODEL, collection.id, version)
-            if data is None:
+                row = await self.pool.fetchrow(sql.PROJECTION_MODEL, collection.id, version)
+            if row is None:
                 raise NotFound(f"projection {version} of {collection.name!r} is gone")
-            self._projections[cache_key] = Projection.from_bytes(data)
-        return self._projections[cache_key]
+            projection = await asyncio.to_thread(Projection.from_bytes, row["model"])
+            self._versions[cache_key] = ProjectionVersion(version, projection, row["bounded"])
+        return self._versions[cache_key]
 
     # -- images -----------------------------------------------------------------
 
@@ -241,32 +130,67 @@ class Store:
         """Upserts ``images`` in one transaction; returns key -> created (vs replaced).
 
         Binds an unbound collection to ``model`` first, and refuses a model that
-        differs from the collection's (FAILED_PRECONDITION), writing nothing.
+        differs from the collection's (FAILED_PRECONDITION), writing nothing. Each image
+        gets its list entry, with its lower-bound cube, in every live projection version.
         """
-        live = await self.projections(collection) if images else []
-        fitted = [(p.version, await self.projection(collection, p.version)) for p in live]
-        units = [unit(image.embedding) for image in images]
+        vectors = np.stack([i.embedding for i in images]) if images else None
+        entries: dict[int, _Entries] = {}
+        if vectors is not None:
+            for info in await self.projections(collection):
+                fitted = await self.version(collection, info.version)
+                entries[info.version] = await asyncio.to_thread(_entries, fitted, vectors)
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                return await self._write(
+                    collection, model, images, vectors, entries, metadata_updates
+                )
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _write(
+        self,
+        collection: Collection,
+        model: ModelKey | None,
+        images: Sequence[NewImage],
+        vectors: Vector | None,
+        entries: dict[int, _Entries],
+        metadata_updates: Sequence[tuple[str, dict[str, Any]]],
+    ) -> dict[str, bool]:
         staged = binary_copy(
-            ("text", "bytea", "jsonb", "bytea", "float8[]"),
+            ("text", "bytea", "jsonb", "bytea"),
             (
-                (i.key, i.content_sha256, i.metadata, i.embedding.astype("<f4").tobytes(), u)
-                for i, u in zip(images, units, strict=True)
+                (i.key, i.content_sha256, i.metadata, i.embedding.astype("<f4").tobytes())
+                for i in images
             ),
         )
         async with database_errors(), self.pool.acquire() as connection, connection.transaction():
+            rows: list[Record] = []
             if images:
                 assert model is not None
+                assert vectors is not None
                 await self._bind(connection, collection, model)
+                await connection.execute(sql.LOCK_FOR_WRITE, collection.id)
+                live = [
+                    r["version"]
+                    for r in await connection.fetch(sql.LIVE_VERSIONS_LOCKED, collection.id)
+                ]
+                for version in live:
+                    if version not in entries:  # published since the entries were computed
+                        fitted = await self.version(collection, version)
+                        entries[version] = await asyncio.to_thread(_entries, fitted, vectors)
                 await connection.execute(sql.CREATE_STAGING)
                 await connection.copy_to_table("staging_images", source=staged, format="binary")
                 rows = await connection.fetch(sql.UPSERT_FROM_STAGING, collection.id)
-            else:
-                rows = []
+                if live and rows:
+                    ids = {r["key"]: r["id"] for r in rows}
+                    image_ids = [ids[i.key] for i in images]
+                    await self._write_lists(
+                        connection, collection, {v: entries[v] for v in live}, image_ids
+                    )
             for key, metadata in metadata_updates:
                 await connection.execute(sql.UPDATE_METADATA, collection.id, key, metadata)
-            if fitted and rows:
-                ids = {r["key"]: r["id"] for r in rows}
-                await self._write_lists(connection, collection, fitted, images, units, ids)
         return {r["key"]: r["created"] for r in rows}
 
     async def _bind(self, connection: Connection, collection: Collection, model: ModelKey) -> None:
@@ -282,22 +206,16 @@ class Store:
                 f"refusing vectors of {model.describe()}"
             )
 
+    @staticmethod
     async def _write_lists(
-        self,
         connection: Connection,
         collection: Collection,
-        fitted: Sequence[tuple[int, Projection]],
-        images: Sequence[NewImage],
-        units: Sequence[npt.NDArray[np.float64]],
-        ids: dict[str, int],
+        entries: dict[int, _Entries],
+        image_ids: list[int],
     ) -> None:
-        image_ids = [ids[i.key] for i in images]
-        matrix = np.stack(units).astype(np.float32)
         rows: list[tuple[int, int, int, Any]] = []
-        for version, projection in fitted:
-            coarse = projection.project(matrix)
-            lists = projection.assign(coarse)
-            rows += zip([version] * len(image_ids), lists.tolist(), image_ids, coarse, strict=True)
+        for version, (lists, cubes) in entries.items():
+            rows += zip([version] * len(image_ids), lists.tolist(), image_ids, cubes, strict=True)
         await connection.execute(sql.DELETE_LIST_ENTRIES, image_ids)
         await connection.execute(sql.CREATE_STAGING_LISTS)
         await connection.copy_to_table(
@@ -333,133 +251,71 @@ class Store:
             rows = await self.pool.fetch(sql.DELETE_IMAGES, collection.id, list(keys))
         return {r["key"] for r in rows}
 
-    # -- ranking ----------------------------------------------------------------
+    # -- what ranking reads -----------------------------------------------------
 
-    async def search_exact(
-        self,
-        collection: Collection,
-        query: npt.NDArray[np.float64],
-        *,
-        limit: int,
-        offset: int,
-        exclude_key: str | None,
-        max_distance: float,
-        metadata_filter: dict[str, Any] | None,
-    ) -> list[Hit]:
-        args: list[Any] = [collection.id, query.tolist(), exclude_key, max_distance, limit, offset]
-        statement = sql.SEARCH_EXACT
-        if metadata_filter is not None:
-            statement, args = sql.SEARCH_EXACT_FILTERED, [*args, metadata_filter]
-        async with database_errors():
-            rows = await self.pool.fetch(statement, *args)
-        return [Hit(r["key"], r["distance"], r["metadata"]) for r in rows]
-
-    async def search_fast(
+    async def list_candidates(
         self,
         collection: Collection,
         version: int,
-        query: npt.NDArray[np.float64],
-        *,
-        probes: int,
-        candidates: int,
+        lists: Sequence[int],
+        cube: npt.NDArray[np.float64],
         limit: int,
-        offset: int,
-        exclude_key: str | None,
-        max_distance: float,
-        metadata_filter: dict[str, Any] | None,
-    ) -> list[Hit]:
-        """The nearest `candidates` in the probed lists, re-ranked on their full vectors.
-
-        The candidates' vectors are fetched in parts over ``rerank_parallelism``
-        connections at once, so that reads from disk overlap (cold, at 200k 4096-D rows:
-        66 ms p50 one at a time, 39 ms four at a time), and each part is reduced to the
-        best ``offset + limit`` as it arrives, so memory stays bounded.
-        """
-        projection = await self.projection(collection, version)
-        coarse = projection.project(query.astype(np.float32)[None])[0]
-        lists = projection.nearest_lists(coarse, min(probes, projection.lists))
+    ) -> list[int]:
+        """Ids of the ``limit`` rows of ``lists`` nearest ``cube`` (FAST's candidates)."""
         async with database_errors():
-            ids: list[int] = [
-                r["image_id"]
-                for r in await self.pool.fetch(
-                    sql.FAST_CANDIDATES,
-                    collection.id,
-                    version,
-                    lists.tolist(),
-                    coarse.astype(np.float64).tolist(),
-                    candidates,
-                )
-            ]
+            rows = await self.pool.fetch(
+                sql.FAST_CANDIDATES, collection.id, version, list(lists), cube.tolist(), limit
+            )
+        return [r["image_id"] for r in rows]
+
+    async def within_bound(
+        self,
+        collection: Collection,
+        version: int,
+        cube: npt.NDArray[np.float64],
+        threshold: float,
+        metadata_filter: dict[str, Any] | None,
+    ) -> list[Record]:
+        """(image_id, bound) of every row whose lower bound is <= ``threshold``, nearest first."""
+        statement, extra = sql.BOUND_SCAN, []
+        if metadata_filter is not None:
+            statement, extra = sql.BOUND_SCAN_FILTERED, [metadata_filter]
+        args = (collection.id, version, cube.tolist(), threshold, *extra)
+        async with database_errors():
+            return await self.pool.fetch(statement, *args)
+
+    async def vectors(
+        self, ids: Sequence[int], exclude_key: str | None, metadata_filter: dict[str, Any] | None
+    ) -> list[Record]:
+        """(key, metadata, embedding) of the rows ``ids`` that pass the filter."""
         statement, extra = sql.CANDIDATE_VECTORS, []
         if metadata_filter is not None:
             statement, extra = sql.CANDIDATE_VECTORS_FILTERED, [metadata_filter]
-        part_size = min(RERANK_CHUNK, max(MIN_RERANK_PART, -(-len(ids) // self.rerank_parallelism)))
-        gate = asyncio.Semaphore(self.rerank_parallelism)
-        keep = offset + limit
-        best: list[Hit] = []
+        async with database_errors():
+            return await self.pool.fetch(statement, list(ids), exclude_key, *extra)
 
-        async def rerank(part: list[int]) -> None:
-            nonlocal best
-            async with gate, database_errors():
-                rows = await self.pool.fetch(statement, part, exclude_key, *extra)
-            best = _keep_nearest(best, rows, query, max_distance, keep)
-
-        parts = [ids[i : i + part_size] for i in range(0, len(ids), part_size)]
-        # Every part settles before the search answers, even when one fails.
-        outcomes = await asyncio.gather(*(rerank(part) for part in parts), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return best[offset:]
-
-
-def _keep_nearest(
-    best: list[Hit],
-    rows: Sequence[asyncpg.Record],
-    query: npt.NDArray[np.float64],
-    max_distance: float,
-    keep: int,
-) -> list[Hit]:
-    """The ``keep`` nearest of ``best`` and the candidate ``rows``, by (distance, key).
-
-    Every row gets a quick distance from its dot product with the query (float64
-    accumulation, 2 - 2 cos, a few times faster than forming the differences); those
-    that can still rank get the exact one that EXACT computes. The quick one is off by
-    at most ~1e-7 (near zero distance, where cos rounds to 1), far inside the margin.
-    """
-    if not rows:
-        return best
-    vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4")
-    vectors = vectors.reshape(len(rows), -1)
-    dots = np.einsum("ij,j->i", vectors, query, dtype=np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
-    quick = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * dots / np.where(norms > 0, norms, 1.0)))
-    cut = min(
-        max_distance,
-        float(np.partition(quick, keep - 1)[keep - 1]) if keep < len(quick) else np.inf,
-    )
-    near = np.flatnonzero(quick <= cut + _QUICK_MARGIN)
-    exact = distances_to(vectors[near], query)
-    best += [
-        Hit(rows[i]["key"], float(d), rows[i]["metadata"])
-        for i, d in zip(near.tolist(), exact, strict=True)
-        if d <= max_distance
-    ]
-    return heapq.nsmallest(keep, best, key=_rank)
+    async def vectors_after(
+        self,
+        collection: Collection,
+        after_id: int,
+        limit: int,
+        exclude_key: str | None,
+        metadata_filter: dict[str, Any] | None,
+    ) -> list[Record]:
+        """(id, key, metadata, embedding) of the next ``limit`` rows in id order."""
+        statement, extra = sql.VECTORS_AFTER, []
+        if metadata_filter is not None:
+            statement, extra = sql.VECTORS_AFTER_FILTERED, [metadata_filter]
+        async with database_errors():
+            return await self.pool.fetch(
+                statement, collection.id, after_id, exclude_key, limit, *extra
+            )
 
 
-def distances_to(vectors: Vector, query: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Euclidean distances between the rows' unit vectors and the unit ``query``.
-
-    The same float64 arithmetic as EXACT's cube chunks, so both modes agree on a distance
-    to within rounding.
-    """
-    rows = vectors.astype(np.float64)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    rows /= np.where(norms > 0, norms, 1.0)
-    distances: npt.NDArray[np.float64] = np.linalg.norm(rows - query, axis=1)
-    return distances
+_Entries = tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]
 
 
-def _rank(hit: Hit) -> tuple[float, str]:
-    return hit.distance, hit.key
+def _entries(fitted: ProjectionVersion, vectors: Vector) -> _Entries:
+    """The list and the cube of each of ``vectors`` in one projection version."""
+    cubes = fitted.cubes(unit_rows(vectors))
+    return fitted.lists(cubes), cubes

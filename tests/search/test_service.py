@@ -11,7 +11,7 @@ import pytest
 
 from devenv.postgres import LocalPostgres
 from imagesearch.search.v1 import search_pb2
-from search_service import store
+from search_service import ranking
 from search_service.schema import migrate
 from tests import photos
 from tests.search.conftest import StartSearch, Stub
@@ -105,7 +105,7 @@ async def test_fast_with_full_recall_equals_exact(
     vectors_only: Stub, rerank_chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 600 candidates come in parts of 150 (one per connection of four), or of 64.
-    monkeypatch.setattr(store, "RERANK_CHUNK", rerank_chunk)
+    monkeypatch.setattr(ranking, "MAX_PART", rerank_chunk)
     matrix = clustered(600, seed=1)
     await ingest_vectors(vectors_only, matrix)
     refit = await vectors_only.RefitProjection(
@@ -528,7 +528,8 @@ async def test_collection_fits_its_projection_once_large_enough(
 ) -> None:
     app, stub = await start_search(extractor_address="127.0.0.1:1", auto_fit_threshold=100)
     await ingest_vectors(stub, clustered(120, seed=6))
-    await asyncio.gather(*app.servicer.background)
+    assert app.backend is not None
+    await asyncio.gather(*app.backend.autofit.tasks)
     stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
     assert stats.collection.projection.state == search_pb2.PROJECTION_STATE_READY
     assert stats.collection.projection.fitted_on >= 100
@@ -539,7 +540,7 @@ async def test_migrations_apply_once(database_url: str) -> None:
 
     connection = await asyncpg.connect(database_url)
     try:
-        assert await migrate(connection) == [1]
+        assert await migrate(connection) == [1, 2]
         assert await migrate(connection) == []
     finally:
         await connection.close()

@@ -64,8 +64,10 @@ class _SearchModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchMode
     SEARCH_MODE_UNSPECIFIED: _SearchMode.ValueType  # 0
     """FAST when the collection has a ready projection, EXACT otherwise."""
     SEARCH_MODE_EXACT: _SearchMode.ValueType  # 1
-    """Every vector of the collection is ranked on its full embedding inside the
-    database. Exact; cost grows linearly with the collection.
+    """Exact: the same hits as ranking every vector of the collection on its full
+    embedding. Rows are visited in ascending order of a lower bound of their
+    distance (the projection's cube) and re-ranked on their embeddings until no
+    row left can place, so only a small share is read.
     """
     SEARCH_MODE_FAST: _SearchMode.ValueType  # 2
     """Candidates come from the PCA-projected cube column (the probed candidate lists
@@ -80,8 +82,10 @@ class SearchMode(_SearchMode, metaclass=_SearchModeEnumTypeWrapper):
 SEARCH_MODE_UNSPECIFIED: SearchMode.ValueType  # 0
 """FAST when the collection has a ready projection, EXACT otherwise."""
 SEARCH_MODE_EXACT: SearchMode.ValueType  # 1
-"""Every vector of the collection is ranked on its full embedding inside the
-database. Exact; cost grows linearly with the collection.
+"""Exact: the same hits as ranking every vector of the collection on its full
+embedding. Rows are visited in ascending order of a lower bound of their
+distance (the projection's cube) and re-ranked on their embeddings until no
+row left can place, so only a small share is read.
 """
 SEARCH_MODE_FAST: SearchMode.ValueType  # 2
 """Candidates come from the PCA-projected cube column (the probed candidate lists
@@ -774,7 +778,9 @@ class Projection(_message.Message):
     state: Global___ProjectionState.ValueType
     """State; see ProjectionState."""
     dimensions: _builtins.int
-    """Output dimensions of the projection (at most 100, the cube type's limit)."""
+    """Output dimensions of the projection (at most 99: the cube, at most 100
+    dimensions, also holds the norm of the residual).
+    """
     lists: _builtins.int
     """Number of k-means candidate lists."""
     fitted_on: _builtins.int
@@ -1044,7 +1050,7 @@ class RefitProjectionRequest(_message.Message):
     collection: _builtins.str
     """Collection; empty means "default"."""
     dimensions: _builtins.int
-    """Output dimensions, 1 to 100. 0 means the service default."""
+    """Output dimensions, 1 to 99. 0 means the service default."""
     lists: _builtins.int
     """Number of candidate lists. 0 means the service default (about sqrt of the
     collection size).

@@ -1,0 +1,145 @@
+"""Ingest: validate each item, embed the images that changed, write the batch."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from imagesearch.search.v1 import search_pb2
+from search_service import convert
+from search_service.domain import Collection, ModelKey, NewImage, Vector
+from search_service.extractor_client import ExtractorClient
+from search_service.store import Store
+from service_core.errors import InvalidArgument
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+MISMATCH = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+
+@dataclass
+class _Item:
+    """One ingest item on its way to the database."""
+
+    index: int
+    key: str
+    metadata: dict[str, Any]
+    image: bytes | None = None
+    sha256: bytes | None = None
+    vector: Vector | None = None
+    model: ModelKey | None = None
+    result: search_pb2.IngestResult = field(default_factory=search_pb2.IngestResult)
+
+    def fail(self, code: int, message: str) -> None:
+        self.result.status = search_pb2.INGEST_STATUS_FAILED
+        self.result.error.code = code
+        self.result.error.message = message
+
+    @property
+    def pending(self) -> bool:
+        return self.result.status == search_pb2.INGEST_STATUS_UNSPECIFIED
+
+
+class Ingester:
+    """Turns IngestItems into stored images, one result per item."""
+
+    def __init__(
+        self,
+        store: Store,
+        extractor: ExtractorClient,
+        *,
+        written: Callable[[Collection], None],
+    ) -> None:
+        self._store = store
+        self._extractor = extractor
+        # Told after each write that stored new vectors: the projection may need a fit.
+        self._written = written
+
+    async def ingest(
+        self, collection: Collection, messages: Sequence[search_pb2.IngestItem], timeout_s: float
+    ) -> list[search_pb2.IngestResult]:
+        """Writes the valid items in one transaction; the others are answered FAILED."""
+        store = self._store
+        items = [parse(index, message) for index, message in enumerate(messages)]
+        existing = await store.existing(collection, [i.key for i in items if i.pending])
+        updates: list[tuple[str, dict[str, Any]]] = []
+        for item in items:
+            known = existing.get(item.key)
+            if item.pending and item.image is not None and known and known[0] == item.sha256:
+                # Same bytes under the same key: never re-extracted.
+                if known[1] == item.metadata:
+                    item.result.status = search_pb2.INGEST_STATUS_UNCHANGED
+                else:
+                    item.result.status = search_pb2.INGEST_STATUS_UPDATED
+                    updates.append((item.key, item.metadata))
+        to_embed = [i for i in items if i.pending and i.image is not None]
+        if to_embed:
+            model, embedded = await self._extractor.embed(
+                [(i.key, i.image or b"") for i in to_embed], timeout_s=timeout_s
+            )
+            for item, outcome in zip(to_embed, embedded, strict=True):
+                if outcome.vector is None:
+                    item.fail(outcome.error_code, outcome.error_message)
+                else:
+                    item.vector, item.model = outcome.vector, model
+        target = collection.model or next((i.model for i in items if i.pending), None)
+        for item in items:
+            if item.pending and item.model != target:
+                assert item.model is not None
+                assert target is not None
+                item.fail(
+                    MISMATCH,
+                    f"item {item.key!r}: vector of {item.model.describe()}, but collection "
+                    f"{collection.name!r} holds {target.describe()}",
+                )
+        to_write = [i for i in items if i.pending]
+        if not to_write and not updates:
+            return [i.result for i in items]
+        created = await store.write(
+            collection,
+            target,
+            [
+                NewImage(i.key, i.sha256, i.metadata, i.vector)
+                for i in to_write
+                if i.vector is not None
+            ],
+            updates,
+        )
+        for item in to_write:
+            item.result.status = (
+                search_pb2.INGEST_STATUS_CREATED
+                if created[item.key]
+                else search_pb2.INGEST_STATUS_UPDATED
+            )
+        if to_write:
+            self._written(collection)
+        return [i.result for i in items]
+
+
+def parse(index: int, message: search_pb2.IngestItem) -> _Item:
+    """An item with its image or vector, or already FAILED with the reason."""
+    item = _Item(index, message.key, convert.struct_to_dict(message.metadata))
+    item.result.key = message.key
+    try:
+        convert.check_key(message.key, f"items[{index}].key")
+        source = message.WhichOneof("source")
+        if source == "image":
+            if not message.image:
+                raise InvalidArgument(f"item {message.key!r}: the image is empty")
+            item.image = message.image
+            item.sha256 = hashlib.sha256(message.image).digest()
+            item.result.content_sha256 = item.sha256.hex()
+        elif source == "embedding":
+            model = convert.model_key(message.embedding.model, f"item {message.key!r} model")
+            item.model = model
+            item.vector = convert.vector(
+                message.embedding.vector.values, model.dimension, f"item {message.key!r}"
+            )
+        else:
+            raise InvalidArgument(f"item {message.key!r}: set image bytes or an embedding")
+    except InvalidArgument as error:
+        item.fail(INVALID, error.message)
+    return item
