@@ -67,6 +67,8 @@ class SearchApp(App):
                 delay = min(delay * 2, 10.0)
         async with self.pool.acquire() as connection:
             await migrate(connection)
+            stored_key: bytes = await connection.fetchval(sql.SIGNING_KEY)
+        page_token_key = settings.page_token_secret.encode() or stored_key
         store = Store(self.pool)
         refitter = Refitter(
             store,
@@ -93,8 +95,14 @@ class SearchApp(App):
             extractor=extractor,
             refitter=refitter,
             ranker=ranker,
-            ingester=Ingester(store, extractor, written=autofit.notice),
+            ingester=Ingester(
+                store,
+                extractor,
+                written=autofit.notice,
+                max_metadata_bytes=settings.max_metadata_bytes,
+            ),
             autofit=autofit,
+            page_token_key=page_token_key,
         )
         self.servicer.serve(self.backend)
         # A collection may be due a fit already: grown while no replica ran, or fitted

@@ -24,9 +24,10 @@ MAX_KEY_CHARS = 1024
 # emoji are 4,096 bytes of UTF-8. 2,000 leaves room for the entry's other columns.
 MAX_KEY_BYTES = 2000
 # JSON levels a metadata or filter object may nest. protobuf's parser stops at 100
-# nested messages, and each JSON level is two of them (Struct, then Value), so a
-# deeper object could not even be sent back; 32 is deeper than real metadata goes.
-MAX_DEPTH = 32
+# nested messages and each JSON level costs about three (Struct, map entry, Value):
+# an IngestRequest stops parsing past 32 levels, for every item in it at once. Below
+# that, this bound refuses the one item, by name; real metadata is never this deep.
+MAX_DEPTH = 20
 # Page tokens are short; anything longer is not one of ours, and is refused unread.
 MAX_PAGE_TOKEN_CHARS = 512
 MAX_INT32 = 2**31 - 1

@@ -28,6 +28,16 @@ class SearchSettings(ServerSettings):
         60.0, "longest wait for the extractor when the caller set no deadline"
     )
     max_ingest_items: int = setting(256, "most items in one Ingest request")
+    max_metadata_bytes: int = setting(
+        32 * 1024,
+        "largest metadata object of one item, as JSON bytes; keeps a page of max_top_k "
+        "hits within the message limit",
+    )
+    page_token_secret: str = setting(
+        "",
+        "key that signs page tokens; empty uses a random key kept in the database, "
+        "shared by every replica",
+    )
     stream_batch_items: int = setting(64, "IngestStream items written per transaction")
     ingest_concurrency: int = setting(
         2, "IngestStream batches written at once, each on its own connection"
@@ -70,6 +80,8 @@ class SearchSettings(ServerSettings):
                 f"{self.ingest_concurrency}, {self.stream_batch_items} and "
                 f"{self.rerank_parallelism}"
             )
+        if self.max_metadata_bytes < 2:
+            raise ValueError(f"max_metadata_bytes must be >= 2, got {self.max_metadata_bytes}")
         if self.database_check_s <= 0:
             raise ValueError(f"database_check_s must be > 0, got {self.database_check_s}")
         if not 1 <= self.default_top_k <= self.max_top_k:

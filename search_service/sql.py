@@ -264,3 +264,5 @@ RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2
 
 # Readiness: the cheapest round trip that proves a pooled connection works.
 PING = "SELECT 1"
+
+SIGNING_KEY = "SELECT key FROM page_token_key"

@@ -136,7 +136,8 @@ async def test_kill_9_postgres_mid_stream(
         ended = error.code()
     finally:
         await asyncio.to_thread(postgres.start)
-    assert ended == grpc.StatusCode.UNAVAILABLE
+    # The stream ends UNAVAILABLE, or answers the batches it could not write FAILED.
+    assert ended in {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
     assert 500 <= len(answered) < 4000
     assert_whole(answered, await stored(database_url))
     await recovers(stub, "after")
