@@ -639,7 +639,9 @@ def prepare(work: Path) -> None:
 
 async def main_async(options: argparse.Namespace) -> None:
     began = time.perf_counter()
-    settings = SearchSettings()
+    settings = SearchSettings(
+        projection_dimensions=options.dimensions or SearchSettings().projection_dimensions
+    )
     work: Path = options.data_dir
     prepare(work)
     cube_cluster = LocalPostgres(work / "cube", durable=True)
@@ -751,6 +753,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--exact-queries", type=int, default=0, help="EXACT queries (10, or 5 above 25k)"
     )
     parser.add_argument("--batch", type=int, default=500, help="rows per Store.write")
+    parser.add_argument(
+        "--dimensions", type=int, default=0, help="PCA dimensions (the service default)"
+    )
     parser.add_argument(
         "--peers-up-to",
         type=int,

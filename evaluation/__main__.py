@@ -20,6 +20,7 @@ from evaluation.api import Api, channel
 from evaluation.services import LocalStack, export_lite0
 from imagesearch.extractor.v1 import extractor_pb2_grpc
 from imagesearch.search.v1 import search_pb2_grpc
+from service_core.tls import channel_credentials
 
 log = logging.getLogger("evaluation")
 DEFAULT_OUT = Path(".data/eval")
@@ -34,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
         "collections named eval-* are replaced. Default: start PostgreSQL and both services",
     )
     parser.add_argument("--extractor", metavar="HOST:PORT", help="the extractor --search uses")
+    # With --search: how to reach and authenticate to services that require TLS or a token.
+    parser.add_argument("--ca-file", type=Path, help="PEM CA bundle the services are verified by")
+    parser.add_argument("--cert-file", type=Path, help="client certificate for mTLS")
+    parser.add_argument("--key-file", type=Path, help="private key of --cert-file")
+    parser.add_argument("--server-name", default="", help="name the certificates must carry")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (a writer's, or admin)"
+    )
     parser.add_argument(
         "--model-dir",
         type=Path,
@@ -102,7 +111,14 @@ async def _run(args: argparse.Namespace) -> int:
     outcomes: list[tuple[retrieval.Retrieval | None, copies.Copies | None, str]] = []
     started = time.monotonic()
     if args.search:
-        async with channel(args.search) as search, channel(args.extractor) as extractor:
+        token = args.token_file.read_text().strip() if args.token_file else None
+        credentials = channel_credentials(
+            ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file, token=token
+        )
+        async with (
+            channel(args.search, credentials, args.server_name) as search,
+            channel(args.extractor, credentials, args.server_name) as extractor,
+        ):
             api = Api(
                 search_pb2_grpc.SearchServiceStub(search),
                 extractor_pb2_grpc.ExtractorServiceStub(extractor),

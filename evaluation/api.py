@@ -188,12 +188,16 @@ class Api:
         return np.asarray(rows, dtype=np.float32)
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel that carries full-ranking pages and batches of images."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+def channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None, server_name: str = ""
+) -> grpc.aio.Channel:
+    """A channel that carries full-ranking pages and batches of images; TLS if credentials."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)

@@ -12,9 +12,14 @@ from extractor_service.runtime import OnnxModel, available_cpus
 from extractor_service.servicer import Engine, ExtractorServicer
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
+from service_core.auth import Role
 from service_core.server import App, Service
 
 SERVICE_NAME = extractor_pb2.DESCRIPTOR.services_by_name["ExtractorService"].full_name
+
+# With --auth-file set, any configured caller may embed (the search service, as a
+# reader); callers that are not in the file get UNAUTHENTICATED.
+ROLES = {"Embed": Role.READER, "EmbedStream": Role.READER, "GetModelInfo": Role.READER}
 
 
 class ExtractorApp(App):
@@ -33,6 +38,7 @@ class ExtractorApp(App):
                 lambda server: extractor_pb2_grpc.add_ExtractorServiceServicer_to_server(
                     self.servicer, server
                 ),
+                ROLES,
             )
         ]
 

@@ -7,11 +7,24 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from imagesearch_cli import admin, files, indexing, searching, semantic_map
 from imagesearch_cli.client import DEFAULT_SERVER, Client, CliError
+from service_core.tls import channel_credentials
+
+# Connection options: (flag, environment variable, help); each works before or after
+# the subcommand, and the variable stands in when the flag is not given.
+_SECURITY = (
+    ("--tls", "IMAGESEARCH_TLS", "speak TLS, verifying the server by the system's CAs"),
+    ("--ca-file", "IMAGESEARCH_CA_FILE", "PEM CA bundle to verify the server by (implies TLS)"),
+    ("--cert-file", "IMAGESEARCH_CERT_FILE", "client certificate for mTLS (with --key-file)"),
+    ("--key-file", "IMAGESEARCH_KEY_FILE", "private key of --cert-file"),
+    ("--server-name", "IMAGESEARCH_SERVER_NAME", "name the server's certificate must carry"),
+    ("--token-file", "IMAGESEARCH_TOKEN_FILE", "file holding a bearer token (implies TLS)"),
+)
 
 
 def _positive(text: str) -> int:
@@ -35,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         "--server", default=argparse.SUPPRESS, metavar="HOST:PORT", help=server_help
     )
     common.add_argument("--collection", default=argparse.SUPPRESS, help="collection")
+    for flag, env, text in _SECURITY:
+        kind: dict[str, Any] = {"action": "store_true"} if flag == "--tls" else {}
+        dest = flag[2:].replace("-", "_")
+        parser.add_argument(flag, dest=dest, default=None, help=f"{text} (${env})", **kind)
+        common.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=text, **kind)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     index = commands.add_parser("index", parents=[common], help="index a folder, recursively")
@@ -121,9 +139,42 @@ def _dispatch(client: Client, options: argparse.Namespace) -> int:
     return admin.refit(client, dimensions=options.dimensions, lists=options.lists)
 
 
+def _client(options: argparse.Namespace) -> Client:
+    """The client the connection options (flags, else IMAGESEARCH_* variables) ask for."""
+    given: dict[str, str | None] = {}
+    for flag, env, _ in _SECURITY:
+        dest = flag[2:].replace("-", "_")
+        value = getattr(options, dest, None)
+        given[dest] = str(value) if value not in (None, False) else os.environ.get(env) or None
+    path = {k: Path(v) if v else None for k, v in given.items()}
+    token = None
+    if path["token_file"]:
+        token = path["token_file"].read_text(encoding="utf-8").strip()
+    try:
+        credentials = channel_credentials(
+            ca_file=path["ca_file"],
+            cert_file=path["cert_file"],
+            key_file=path["key_file"],
+            token=token,
+            tls=given["tls"] not in (None, "", "0", "false"),
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    return Client(
+        options.server,
+        options.collection,
+        credentials=credentials,
+        server_name=given["server_name"] or "",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    client = Client(options.server, options.collection)
+    try:
+        client = _client(options)
+    except (CliError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     try:
         return _dispatch(client, options)
     except grpc.RpcError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -31,16 +32,26 @@ def code_name(code: int) -> str:
 class Client:
     """One channel to the search service, the collection to use, and its stub."""
 
-    def __init__(self, server: str, collection: str) -> None:
+    def __init__(
+        self,
+        server: str,
+        collection: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
+    ) -> None:
         self.server = server
         self.collection = collection
-        self.channel = grpc.insecure_channel(
-            server,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if server_name:  # the name the server's certificate is for, if not the address's
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if credentials is None:
+            self.channel = grpc.insecure_channel(server, options=options)
+        else:
+            self.channel = grpc.secure_channel(server, credentials, options=options)
         self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
 
     @property

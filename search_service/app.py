@@ -19,11 +19,27 @@ from search_service.schema import migrate
 from search_service.servicer import Backend, SearchServicer
 from search_service.settings import SearchSettings
 from search_service.store import Store
+from service_core.auth import Role
 from service_core.server import App, Service
+from service_core.tls import ClientTlsFiles
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+# The least role each RPC needs when --auth-file is set; an RPC not listed needs admin.
+ROLES = {
+    "Search": Role.READER,
+    "GetImage": Role.READER,
+    "ListCollections": Role.READER,
+    "GetCollectionStats": Role.READER,
+    "Ingest": Role.WRITER,
+    "IngestStream": Role.WRITER,
+    "DeleteImages": Role.WRITER,
+    "CreateCollection": Role.ADMIN,
+    "DeleteCollection": Role.ADMIN,
+    "RefitProjection": Role.ADMIN,
+}
 
 
 class SearchApp(App):
@@ -45,6 +61,7 @@ class SearchApp(App):
                 lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(
                     self.servicer, server
                 ),
+                ROLES,
             )
         ]
 
@@ -79,11 +96,24 @@ class SearchApp(App):
         autofit = AutoFit(
             store, refitter, threshold=settings.auto_fit_threshold, growth=settings.refit_growth
         )
+        tls = None
+        if settings.extractor_tls_ca_file is not None:
+            tls = ClientTlsFiles(
+                settings.extractor_tls_ca_file,
+                settings.extractor_tls_cert_file,
+                settings.extractor_tls_key_file,
+            )
+        token = None
+        if settings.extractor_token_file is not None:
+            token = settings.extractor_token_file.read_text(encoding="utf-8").strip()
         extractor = ExtractorClient(
             settings.extractor_address,
             max_message_bytes=settings.max_message_bytes,
             keepalive_time_s=settings.keepalive_time_s,
             keepalive_timeout_s=settings.keepalive_timeout_s,
+            tls=tls,
+            server_name=settings.extractor_tls_server_name,
+            token=token,
         )
         ranker = Ranker(
             store,

@@ -12,6 +12,7 @@ import numpy as np
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
 from service_core.errors import DeadlineExceeded, ServiceError, error_for
+from service_core.tls import ClientTlsFiles, ReloadingChannel
 
 # Embed has no side effects, so gRPC may retry it when the extractor is briefly
 # unreachable or busy (a rolling update, a full queue).
@@ -34,6 +35,7 @@ _SERVICE_CONFIG = json.dumps(
         ],
     }
 )
+
 
 # Room left in a chunk's message for its framing (ids, field tags), over the image bytes.
 _FRAMING_BYTES = 64 * 1024
@@ -62,6 +64,9 @@ class ExtractorClient:
         max_message_bytes: int,
         keepalive_time_s: float = 30.0,
         keepalive_timeout_s: float = 10.0,
+        tls: ClientTlsFiles | None = None,
+        server_name: str = "",
+        token: str | None = None,
     ) -> None:
         self.address = address
         self._max_bytes = max_message_bytes
@@ -84,18 +89,28 @@ class ExtractorClient:
                 ("grpc.keepalive_timeout_ms", round(keepalive_timeout_s * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
-        self._channel = grpc.aio.insecure_channel(address, options=options)
-        self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._channel)
+        # The channel is reopened when its certificate is renewed on disk.
+        self._channel = ReloadingChannel(address, tls=tls, server_name=server_name, options=options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._stub_channel = self._channel.channel
+        self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._stub_channel)
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        await self._channel.close()
+
+    def _current_stub(self) -> extractor_pb2_grpc.ExtractorServiceAsyncStub:
+        channel = self._channel.current()
+        if channel is not self._stub_channel:
+            self._stub = extractor_pb2_grpc.ExtractorServiceStub(channel)
+            self._stub_channel = channel
+        return self._stub
 
     async def chunk_images(self, *, timeout_s: float) -> int:
         """Most images per Embed call, as the extractor reports it."""
         if self._chunk is None:
             try:
-                info = await self._stub.GetModelInfo(
-                    extractor_pb2.GetModelInfoRequest(), timeout=timeout_s
+                info = await self._current_stub().GetModelInfo(
+                    extractor_pb2.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata
                 )
             except grpc.aio.AioRpcError as error:
                 raise self._translate(error) from error
@@ -130,7 +145,9 @@ class ExtractorClient:
                 images=[extractor_pb2.Image(id=item, data=data) for item, data in chunk]
             )
             try:
-                response = await self._stub.Embed(request, timeout=timeout_s)
+                response = await self._current_stub().Embed(
+                    request, timeout=timeout_s, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as error:
                 raise self._translate(error) from error
             model = ModelKey(response.model.name, response.model.version, response.model.dimension)

@@ -33,9 +33,16 @@ _FORMAT_VERSION = 1
 # magic, format version, flags (reserved, must be 0), D, d, lists.
 _HEADER = struct.Struct("<4sHHIII")
 _CRC = struct.Struct("<I")
-# Rows per block when streaming the sample or the vectors to project: 4096 x 4096 float32
-# is 64 MiB, enough for BLAS to run at full speed and small enough to keep peak memory flat.
-_ROW_BLOCK = 4096
+# Bytes per block when streaming the sample or the vectors to project (float64 copies
+# included): enough rows for BLAS to run at full speed, few enough to keep memory flat at
+# any dimension (4096 rows at 2048-D, 512 at 16,384-D).
+_BLOCK_BYTES = 64 << 20
+
+
+def _block_rows(dim: int) -> int:
+    return max(1, _BLOCK_BYTES // (8 * dim))
+
+
 # Bytes of the (rows x lists) float32 score matrix per assign() block: the memory bound for
 # n = 1M x 4000 lists; blocks of ~1000+ rows keep the product at full BLAS speed.
 _ASSIGN_BLOCK_BYTES = 16 << 20
@@ -46,8 +53,6 @@ _FULL_EIGH_MAX_DIM = 2048
 # Power iterations of the randomized SVD: each multiplies the gap between wanted and
 # unwanted singular values; four are plenty for the decaying spectra of CNN features.
 _POWER_ITERATIONS = 4
-# Rows of the float64 block used to compute lower bounds: 1024 x 4096 x 8 = 32 MiB.
-_BOUND_BLOCK = 1024
 # Orthonormality slack for components read back from float32 storage.
 _ORTHONORMAL_ATOL = 1e-4
 
@@ -158,9 +163,10 @@ class Projection:
         components_t = self.components.T
         # Centre before the product (not mean @ components.T afterwards): subtracting two
         # O(1) projections would cancel away float32 precision on small projected values.
-        for start in range(0, rows.shape[0], _ROW_BLOCK):
-            block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32) - self.mean
-            np.matmul(block, components_t, out=out[start : start + _ROW_BLOCK])
+        step = _block_rows(self.input_dimension)
+        for start in range(0, rows.shape[0], step):
+            block = np.asarray(rows[start : start + step], dtype=np.float32) - self.mean
+            np.matmul(block, components_t, out=out[start : start + step])
         # Any NaN or infinity in the input reaches the output (inf * 0 is NaN), so checking
         # the d-wide output is as strict as checking the D-wide input, and cheaper.
         if not np.isfinite(out).all():
@@ -194,14 +200,15 @@ class Projection:
         _require_real(rows, "units")
         out = np.empty((rows.shape[0], self.dimensions + 1), dtype=np.float64)
         basis_t = self._basis64.T
-        for start in range(0, rows.shape[0], _BOUND_BLOCK):
-            centred = np.asarray(rows[start : start + _BOUND_BLOCK], dtype=np.float64)
+        step = _block_rows(self.input_dimension)
+        for start in range(0, rows.shape[0], step):
+            centred = np.asarray(rows[start : start + step], dtype=np.float64)
             centred = centred - self._mean64
-            coordinates = out[start : start + _BOUND_BLOCK, :-1]
+            coordinates = out[start : start + step, :-1]
             np.matmul(centred, basis_t, out=coordinates)
             kept = np.einsum("ij,ij->i", coordinates, coordinates)
             total = np.einsum("ij,ij->i", centred, centred)
-            out[start : start + _BOUND_BLOCK, -1] = np.sqrt(np.maximum(total - kept, 0.0))
+            out[start : start + step, -1] = np.sqrt(np.maximum(total - kept, 0.0))
         if not np.isfinite(out).all():
             raise ValueError("units contain NaN or infinity")
         return out[0] if single else out
@@ -347,9 +354,10 @@ def fit_pca(sample: FloatArray, *, dimensions: int) -> tuple[Float32Array, Float
             f"dimensions must be an integer in 1..{limit} (min of {MAX_DIMENSIONS}, "
             f"input dimension {dim}, sample size {count}), got {dimensions!r}"
         )
+    step = _block_rows(dim)
     mean = np.zeros(dim, dtype=np.float64)
-    for start in range(0, count, _ROW_BLOCK):
-        block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float64)
+    for start in range(0, count, step):
+        block = np.asarray(rows[start : start + step], dtype=np.float64)
         if not np.isfinite(block).all():
             raise ValueError("sample contains NaN or infinity")
         mean += block.sum(axis=0)
@@ -358,8 +366,8 @@ def fit_pca(sample: FloatArray, *, dimensions: int) -> tuple[Float32Array, Float
     k = int(dimensions)
     if dim <= _FULL_EIGH_MAX_DIM:
         covariance = np.zeros((dim, dim), dtype=np.float64)
-        for start in range(0, count, _ROW_BLOCK):
-            centred = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32) - mean32
+        for start in range(0, count, step):
+            centred = np.asarray(rows[start : start + step], dtype=np.float32) - mean32
             covariance += centred.T @ centred
         _, all_vectors = np.linalg.eigh(covariance)
         axes = all_vectors[:, ::-1][:, :k]
@@ -377,6 +385,7 @@ def _randomized_axes(rows: FloatArray, mean: Float32Array, k: int) -> npt.NDArra
     blocks, so memory stays at the sample plus a few ``(n or D) x (2k + 16)`` matrices.
     """
     count, dim = rows.shape
+    step = _block_rows(dim)
     width = min(dim, count, 2 * k + 16)
     # Fixed seed: the starting block only affects accuracy within the iterations, and a
     # fixed one keeps fits reproducible independently of the caller's k-means seed.
@@ -386,18 +395,18 @@ def _randomized_axes(rows: FloatArray, mean: Float32Array, k: int) -> npt.NDArra
         """(X - 1 m) @ right, n x width."""
         right32 = right.astype(np.float32)
         out = np.empty((count, right.shape[1]), dtype=np.float64)
-        for start in range(0, count, _ROW_BLOCK):
-            block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32)
-            out[start : start + _ROW_BLOCK] = block @ right32
+        for start in range(0, count, step):
+            block = np.asarray(rows[start : start + step], dtype=np.float32)
+            out[start : start + step] = block @ right32
         result: npt.NDArray[np.float64] = out - (mean.astype(np.float64) @ right)[None, :]
         return result
 
     def transposed_times(left: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """(X - 1 m).T @ left, D x width, accumulated in float64 across blocks."""
         out = np.zeros((dim, left.shape[1]), dtype=np.float64)
-        for start in range(0, count, _ROW_BLOCK):
-            block = np.asarray(rows[start : start + _ROW_BLOCK], dtype=np.float32)
-            out += block.T @ left[start : start + _ROW_BLOCK].astype(np.float32)
+        for start in range(0, count, step):
+            block = np.asarray(rows[start : start + step], dtype=np.float32)
+            out += block.T @ left[start : start + step].astype(np.float32)
         result: npt.NDArray[np.float64] = out - np.outer(mean, left.sum(axis=0))
         return result
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from search_service import sql
 from search_service.copy import binary_copy
@@ -31,6 +32,8 @@ _BATCH_BYTES = 64 << 20
 MIN_IMAGES = 2
 # A fit needs at least this many sampled rows to be worth publishing.
 _MIN_SAMPLE = 256
+# Sampled rows read per round trip.
+_SAMPLE_PART = 256
 
 
 class Refitter:
@@ -84,18 +87,12 @@ class Refitter:
             )
         if collection.model is None:
             raise FailedPrecondition(f"collection {collection.name!r} holds no vectors yet")
-        size = self.sample_size(collection.model.dimension)
-        percent = min(100.0, 100.0 * 1.2 * size / count)
-        rows = await connection.fetch(sql.SAMPLE_EMBEDDINGS, collection.id, percent, size)
-        sample = await asyncio.to_thread(units, [r["embedding"] for r in rows])
-        del rows
+        started = asyncio.get_running_loop().time()
+        sample = await self._read_sample(connection, collection, count)
         wanted = dimensions or self._dimensions
         dims = min(wanted, MAX_BOUNDED_DIMENSIONS, sample.shape[1], len(sample))
         lists = min(lists or default_lists(count), len(sample))
-        started = asyncio.get_running_loop().time()
-        projection = await asyncio.to_thread(
-            fit_projection, sample.astype(np.float32), dimensions=dims, lists=lists
-        )
+        projection = await asyncio.to_thread(fit_projection, sample, dimensions=dims, lists=lists)
         del sample
         async with connection.transaction():
             # Waits for the writes in flight; every write after this sees the new version.
@@ -143,6 +140,39 @@ class Refitter:
         )
         info = [p for p in await self._store.projections(collection) if p.version == version]
         return info[0]
+
+    async def _read_sample(
+        self, connection: Connection, collection: Collection, count: int
+    ) -> npt.NDArray[np.float32]:
+        """A random sample of the unit vectors, float32, read a part at a time.
+
+        The sample is the fit's one large allocation: rows land in it as they arrive,
+        so the bytes read from PostgreSQL never pile up beside it.
+        """
+        assert collection.model is not None
+        size = self.sample_size(collection.model.dimension)
+        percent = min(100.0, 100.0 * 1.2 * size / count)
+        sample = np.empty((size, collection.model.dimension), dtype=np.float32)
+        filled = 0
+        pending: list[bytes] = []
+
+        def land() -> None:
+            nonlocal filled
+            sample[filled : filled + len(pending)] = units(pending)
+            filled += len(pending)
+            pending.clear()
+
+        async with connection.transaction():
+            cursor = connection.cursor(
+                sql.SAMPLE_EMBEDDINGS, collection.id, percent, size, prefetch=_SAMPLE_PART
+            )
+            async for record in cursor:
+                pending.append(record["embedding"])
+                if len(pending) == _SAMPLE_PART:
+                    await asyncio.to_thread(land)
+        if pending:
+            land()
+        return sample[:filled]
 
     @staticmethod
     async def _write_entries(

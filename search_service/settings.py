@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from service_core.config import setting
 from service_core.settings import ServerSettings
@@ -18,6 +19,19 @@ class SearchSettings(ServerSettings):
         "postgresql://postgres@127.0.0.1:5432/imagesearch", "PostgreSQL DSN (libpq URL form)"
     )
     extractor_address: str = setting("127.0.0.1:50051", "host:port of the extractor service")
+    extractor_tls_ca_file: Path | None = setting(
+        None, "PEM CA bundle to verify the extractor by; set, the channel speaks TLS"
+    )
+    extractor_tls_cert_file: Path | None = setting(
+        None, "this service's client certificate for the extractor (mTLS)"
+    )
+    extractor_tls_key_file: Path | None = setting(None, "private key of extractor_tls_cert_file")
+    extractor_tls_server_name: str = setting(
+        "", "host name the extractor's certificate must name, if not the address's"
+    )
+    extractor_token_file: Path | None = setting(
+        None, "file holding the bearer token sent to the extractor"
+    )
     pool_min_size: int = setting(1, "connections the pool keeps open")
     pool_max_size: int = setting(10, "most connections the pool opens")
     pool_close_timeout_s: float = setting(5.0, "seconds to wait for queries on shutdown")
@@ -67,6 +81,10 @@ class SearchSettings(ServerSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (self.extractor_tls_cert_file is None) != (self.extractor_tls_key_file is None):
+            raise ValueError("need both extractor_tls_cert_file and extractor_tls_key_file")
+        if self.extractor_tls_cert_file is not None and self.extractor_tls_ca_file is None:
+            raise ValueError("a client certificate for the extractor needs extractor_tls_ca_file")
         if not 1 <= self.projection_dimensions <= 99:
             raise ValueError(
                 f"projection_dimensions must be 1..99 (cube holds 100: the coordinates and "

@@ -134,17 +134,14 @@ DELETE FROM images WHERE collection_id = $1 AND key = ANY($2::text[]) RETURNING 
 """
 
 # EXACT, step 1: every row of a version whose lower bound can still beat the best hit
-# found so far, nearest bound first. The fence computes each bound once; the ids and
-# bounds alone cross the wire (16 bytes a row), never a vector.
+# found so far, nearest bound first. Only the ids and bounds cross the wire (16 bytes a
+# row), never a vector; the bound is computed twice only for the few rows that pass.
 _BOUND_SCAN = """
-SELECT image_id, bound FROM (
-    SELECT l.image_id, l.coarse <-> (SELECT cube($3::float8[])) AS bound
-    FROM image_lists l {join}
-    WHERE l.collection_id = $1 AND l.version = $2 {filter}
-    OFFSET 0
-) bounded
-WHERE bound <= $4
-ORDER BY bound, image_id
+SELECT l.image_id, l.coarse <-> (SELECT cube($3::float8[])) AS bound
+FROM image_lists l {join}
+WHERE l.collection_id = $1 AND l.version = $2 {filter}
+  AND l.coarse <-> (SELECT cube($3::float8[])) <= $4
+ORDER BY bound, l.image_id
 """
 BOUND_SCAN = _BOUND_SCAN.format(join="", filter="")
 BOUND_SCAN_FILTERED = _BOUND_SCAN.format(

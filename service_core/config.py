@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
@@ -95,8 +97,27 @@ def load_settings(
 
 
 def describe(settings: object) -> dict[str, Any]:
-    """The settings as a flat dict for the start-up log line."""
-    return {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(settings).items()  # type: ignore[call-overload]
-    }
+    """The settings as a flat dict for the start-up log line, passwords redacted."""
+    described: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(settings).items():  # type: ignore[call-overload]
+        if isinstance(value, Path):
+            value = str(value)
+        described[key] = redact(value) if isinstance(value, str) else value
+    return described
+
+
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of a URL (``user:pw@``) or a libpq ``password=`` hidden."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            netloc = f"{parts.username or ''}:***@{host}"
+            text = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # not a URL at all
+        pass
+    text = re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text) if "://" not in text else text

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_core.auth import Role, access_interceptors
 from service_core.interceptor import ErrorInterceptor
 from service_core.metrics import Metrics, MetricsEndpoint
 from service_core.settings import ServerSettings
 from service_core.shedding import Budget, SheddingInterceptor
+from service_core.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ class Service:
 
     name: str
     register: Callable[[grpc.aio.Server], None]
+    # Method name (e.g. "Search") -> the least role that may call it; see auth.py.
+    roles: Mapping[str, Role] = field(default_factory=dict)
 
 
 # The health service name a liveness probe asks for: SERVING from the moment the
@@ -80,9 +84,12 @@ class GrpcServer:
         health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer (untyped)
         service_names: Sequence[str],
         metrics: MetricsEndpoint | None,
+        health_only: tuple[grpc.aio.Server, int] | None = None,
     ) -> None:
         self.server = server
         self.port = port
+        self._health_only = health_only
+        self.health_port = health_only[1] if health_only else None
         self.metrics_port = metrics.port if metrics else None
         self._health = health_servicer
         self._names = service_names
@@ -99,6 +106,8 @@ class GrpcServer:
         """Health to NOT_SERVING, then lets in-flight calls finish for ``grace`` s."""
         await self._health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._health_only:
+            await self._health_only[0].stop(0)
         if self._metrics:
             await asyncio.to_thread(self._metrics.close)
 
@@ -112,7 +121,12 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     )
     shedding = SheddingInterceptor(budget, exempt=[health.SERVICE_NAME, reflection.SERVICE_NAME])
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics), shedding],
+        # Callers are authenticated before they count against the shedding budget.
+        interceptors=[
+            ErrorInterceptor(metrics),
+            *access_interceptors(settings, services),
+            shedding,
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -124,12 +138,17 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.name for s in services]
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if settings.reflection != "off":
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+    credentials = server_credentials(settings)
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:  # grpc's "Failed to bind to address ..."
         raise PortInUse(
             f"cannot listen on {address}: port {settings.port} is already in use "
@@ -139,12 +158,27 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     if settings.metrics_port >= 0:
         endpoint = MetricsEndpoint(metrics.registry, settings.host, settings.metrics_port)
     await server.start()
-    started = GrpcServer(server, port, health_servicer, names, endpoint)
+    health_only = None
+    if settings.health_port >= 0:
+        # Kubelet gRPC probes speak plaintext only: with TLS on the main port they get a
+        # port of their own that serves nothing but health.
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        bound = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        await probes.start()
+        health_only = (probes, bound)
+    started = GrpcServer(server, port, health_servicer, names, endpoint, health_only)
     await started.set_serving(False)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "listening",
-        extra={"address": f"{settings.host}:{port}", "metrics_port": started.metrics_port},
+        extra={
+            "address": f"{settings.host}:{port}",
+            "metrics_port": started.metrics_port,
+            "health_port": started.health_port,
+            "tls": "mtls" if settings.tls_client_ca_file else "tls" if credentials else "off",
+            "auth": settings.auth_file is not None,
+        },
     )
     return started
 

@@ -29,11 +29,11 @@ README_SEARCH, README_EXTRACTOR = "127.0.0.1:50052", "127.0.0.1:50051"
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S+")
 
 
-def grpcurl_block(text: str) -> str:
-    """The sh block under the '## Talking to it with grpcurl' heading."""
-    section = text.split("## Talking to it with grpcurl", 1)[1].split("\n## ", 1)[0]
+def grpcurl_block(text: str, heading: str = "## Talking to it with grpcurl") -> str:
+    """The sh block under ``heading``."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     found = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert found, "README's grpcurl section has no ```sh block"
+    assert found, f"README's {heading!r} section has no ```sh block"
     return found.group(1)
 
 
@@ -162,3 +162,85 @@ async def test_every_readme_grpcurl_command_works_as_written(
         )
         assert ran.returncode == 0, f"{command}\n{ran.stderr}"
         assert check.holds(ran.stdout), f"{command}\n{ran.stdout[:2000]}"
+
+
+# The '## Security' block, in README order.
+SECURE_CHECKS = [
+    Check("Health/Check", lambda out: _json(out) == {"status": "SERVING"}),
+    Check("ListCollections", lambda out: isinstance(_json(out), dict)),
+    Check("GetModelInfo", lambda out: "efficientnet-lite0" in out),
+]
+
+
+async def test_readme_tls_and_token_recipes_work_as_written(
+    database_url: str, lite0_model_dir: Path, grpcurl: str, tmp_path: Path
+) -> None:
+    from service_core.auth import hash_token
+    from tests.security.certs import Authority
+
+    ca = Authority(tmp_path, "ca")
+    server = ca.issue("localhost", hosts=("localhost", "127.0.0.1"))
+    client = ca.issue("client", client=True)
+    (tmp_path / "ca.pem").write_bytes(ca.bundle.read_bytes())
+    client.cert.rename(tmp_path / "client.pem")
+    client.key.rename(tmp_path / "client.key")
+    (tmp_path / "reader.token").write_text("a-reader-token\n")
+    callers = tmp_path / "callers"
+    callers.write_text(f"token {hash_token('a-reader-token')} reader ops\ncert client reader\n")
+    tls: dict[str, Any] = {
+        "tls_cert_file": server.cert,
+        "tls_key_file": server.key,
+        "auth_file": callers,
+    }
+    extractor = ExtractorApp(
+        ExtractorSettings(
+            model_dir=lite0_model_dir, grace_period_s=0, tls_client_ca_file=ca.bundle, **tls
+        )
+    )
+    extractor_port = (await extractor.start()).port
+    search = SearchApp(SearchSettings(database_url=database_url, grace_period_s=0, **tls))
+    search_port = (await search.start()).port
+    try:
+        await extractor.wait_ready()
+        await search.wait_ready()
+        text = grpcurl_block(README.read_text(), "## Security")
+        text = text.replace("localhost:50052", f"localhost:{search_port}")
+        text = text.replace("localhost:50051", f"localhost:{extractor_port}")
+        prelude = [c for c in commands(text) if ASSIGNMENT.match(c)]
+        runnable = [c for c in commands(text) if not ASSIGNMENT.match(c)]
+        assert len(runnable) == len(SECURE_CHECKS)
+        env = os.environ | {"PATH": f"{Path(grpcurl).parent}{os.pathsep}{os.environ['PATH']}"}
+        refusals = 0
+        for command, check in zip(runnable, SECURE_CHECKS, strict=True):
+            assert check.calls in command, command
+            ran = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", "-e", "-o", "pipefail", "-c", "\n".join([*prelude, command])],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=tmp_path,
+                env=env,
+            )
+            assert ran.returncode == 0, f"{command}\n{ran.stderr}"
+            assert check.holds(ran.stdout), f"{command}\n{ran.stdout[:2000]}"
+            # The same command without its credentials is refused.
+            bare = re.sub(r" -H \"authorization: Bearer [^\"]*\"| -cert \S+ -key \S+", "", command)
+            if bare != command:
+                refused = await asyncio.to_thread(
+                    subprocess.run,
+                    ["bash", "-c", "\n".join([*prelude, bare])],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    cwd=tmp_path,
+                    env=env,
+                )
+                assert refused.returncode != 0, bare
+                refusals += 1
+        assert refusals == 2  # the token and the client certificate each matter
+    finally:
+        await search.stop()
+        await extractor.stop()

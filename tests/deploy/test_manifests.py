@@ -28,7 +28,11 @@ ALL = (*OVERLAYS, EXTERNAL)
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas known.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Custom resources: no schema in kubernetes-validate; their fields are checked below.
-CUSTOM_RESOURCES = {("postgresql.cnpg.io/v1", "Cluster")}
+CUSTOM_RESOURCES = {
+    ("postgresql.cnpg.io/v1", "Cluster"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 SETTINGS: dict[str, tuple[type[ServerSettings], str]] = {
     "extractor": (ExtractorSettings, EXTRACTOR_PREFIX),
     "search": (SearchSettings, SEARCH_PREFIX),
@@ -185,12 +189,17 @@ def test_probes_are_native_grpc_on_the_servers_port(
         assert port_named(container, "grpc") == settings.port
         assert port_named(container, "metrics") == settings.metrics_port
         assert settings.host == "0.0.0.0"
+        # Kubelet probes cannot speak TLS: with TLS on, they use the health-only port.
+        probe_port = settings.port
+        if settings.tls_cert_file is not None:
+            assert port_named(container, "health") == settings.health_port
+            probe_port = settings.health_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             # Startup and readiness: the whole server's status, NOT_SERVING until the
             # model / pool is ready and while the database is unreachable. Liveness:
             # SERVING while the process serves at all.
             service = LIVENESS_SERVICE if probe == "livenessProbe" else ""
-            assert container[probe]["grpc"] == {"port": settings.port, "service": service}, probe
+            assert container[probe]["grpc"] == {"port": probe_port, "service": service}, probe
             assert set(container[probe]) - {"grpc"} <= {
                 "periodSeconds",
                 "timeoutSeconds",
@@ -486,13 +495,15 @@ def test_search_calls_the_extractor_service(rendered: dict[str, Objects], name: 
     assert service["spec"].get("clusterIP") == "None"
 
 
-def test_external_database_variant_carries_a_placeholder_secret(
+def test_external_database_variant_ships_no_credentials(
     rendered: dict[str, Objects],
 ) -> None:
     objects = rendered[EXTERNAL]
-    secret = one(objects, "Secret", "imagesearch-db-app")
-    assert secret["type"] == "kubernetes.io/basic-auth"
-    assert secret["stringData"]["password"] == "CHANGE-ME"
+    # The operator creates imagesearch-db-app (the command is in the component).
+    assert not find(objects, "Secret", "imagesearch-db-app")
+    container = one(objects, "Deployment", "search")["spec"]["template"]["spec"]["containers"][0]
+    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "valueFrom" in v}
+    assert refs == {"imagesearch-db-app"}
     settings = server_settings(objects, "search")
     assert isinstance(settings, SearchSettings)
     assert urlsplit(settings.database_url).hostname != "imagesearch-db-rw"

@@ -231,3 +231,19 @@ async def test_ingest_racing_a_refit_loses_nothing(start_search: StartSearch) ->
     expected = sorted(zip(distances.tolist(), names, strict=True))[:10]
     response = await _exact(stub, query, top_k=10)
     assert [h.key for h in response.hits] == [k for _, k in expected]
+
+
+async def test_a_model_too_large_for_the_fit_budget_is_refused_clearly(
+    start_search: StartSearch,
+) -> None:
+    import grpc
+
+    _, stub = await start_search(
+        extractor_address="127.0.0.1:1", auto_fit_threshold=10**9, fit_memory_bytes=64 * 1024
+    )
+    await _store(stub, _clustered(300, 9))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RefitProjection(search_pb2.RefitProjectionRequest())
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "128-D vectors are too large" in (caught.value.details() or "")
+    assert "SEARCH_FIT_MEMORY_BYTES" in (caught.value.details() or "")
