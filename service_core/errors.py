@@ -93,15 +93,16 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.INTERNAL: Internal,
     grpc.StatusCode.UNKNOWN: Internal,
     grpc.StatusCode.DATA_LOSS: Internal,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
 def error_for(code: grpc.StatusCode, message: str) -> ServiceError:
     """The domain error that carries a dependency's status ``code`` on to our caller.
 
-    Codes without a class of their own (UNIMPLEMENTED from a wrong peer, say) are
-    reported as UNAVAILABLE: the dependency cannot serve us as it stands.
+    Codes without a class here (UNIMPLEMENTED from a wrong peer, say) are reported
+    as UNAVAILABLE: the dependency cannot serve us as it stands. So are the peer's
+    UNAUTHENTICATED and PERMISSION_DENIED: they are about this service's own
+    credentials, and passed on as they are they would tell our caller that theirs
+    were refused.
     """
     return _BY_CODE.get(code, Unavailable)(message)

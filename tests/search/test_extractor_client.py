@@ -82,6 +82,8 @@ async def test_chunks_stay_under_the_message_limit(small_requests: str) -> None:
         (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
         (grpc.StatusCode.UNAVAILABLE, Unavailable),
         (grpc.StatusCode.UNIMPLEMENTED, Unavailable),
+        (grpc.StatusCode.UNAUTHENTICATED, Unavailable),  # our credentials, not the caller's
+        (grpc.StatusCode.PERMISSION_DENIED, Unavailable),
     ],
 )
 def test_a_dependencys_code_is_carried_on(code: grpc.StatusCode, kind: type) -> None:
