@@ -55,7 +55,7 @@ async def store_write_rate(
     store: Store, vectors: np.ndarray, batch: int, collection_name: str
 ) -> float:
     model = ModelKey(MODEL, "v1", vectors.shape[1])
-    collection = await store.create_collection(collection_name, model)
+    collection = await store.create_collection(collection_name, model, max_collections=10**6)
     began = time.perf_counter()
     for start in range(0, len(vectors), batch):
         rows = vectors[start : start + batch]

@@ -305,7 +305,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.CreateCollectionResponse:
         store = self._ready().store
         model = convert.model_key(request.model, "model") if request.HasField("model") else None
-        collection = await store.create_collection(request.name, model)
+        collection = await store.create_collection(
+            request.name, model, max_collections=self._settings.max_collections
+        )
         return search_pb2.CreateCollectionResponse(
             collection=convert.stats_message(collection, 0, [])
         )

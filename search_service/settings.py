@@ -52,6 +52,7 @@ class SearchSettings(ServerSettings):
         "key that signs page tokens; empty uses a random key kept in the database, "
         "shared by every replica",
     )
+    max_collections: int = setting(1000, "most collections one database may hold")
     stream_batch_items: int = setting(64, "IngestStream items written per transaction")
     ingest_concurrency: int = setting(
         2, "IngestStream batches written at once, each on its own connection"
@@ -66,7 +67,7 @@ class SearchSettings(ServerSettings):
     refit_growth: float = setting(
         4.0, "refit in the background each time a collection grows this many times; 0: never"
     )
-    projection_dimensions: int = setting(64, "PCA dimensions of the cube (1-99)")
+    projection_dimensions: int = setting(99, "PCA dimensions of the cube (1-99)")
     projection_sample: int = setting(50_000, "vectors sampled to fit a projection")
     fit_memory_bytes: int = setting(
         1 << 30, "most memory a fit's sample may take; larger models sample fewer rows"

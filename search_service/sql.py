@@ -21,6 +21,10 @@ RETURNING id, name, model_name, model_version, dimension, serving_version, creat
 
 DELETE_COLLECTION = "DELETE FROM collections WHERE id = $1"
 
+COUNT_COLLECTIONS = "SELECT count(*) FROM collections"
+# Any fixed number: CreateCollection calls take turns while they count.
+LOCK_COLLECTION_CREATION = "SELECT pg_advisory_xact_lock(1734, 1)"
+
 # The default collection always exists: deleting it empties and unbinds it instead.
 EMPTY_COLLECTION = """
 WITH gone AS (DELETE FROM images WHERE collection_id = $1 RETURNING 1),
@@ -143,6 +147,10 @@ WHERE l.collection_id = $1 AND l.version = $2 {filter}
   AND l.coarse <-> (SELECT cube($3::float8[])) <= $4
 ORDER BY bound, l.image_id
 """
+# The planner takes a third of the rows to pass `bound <= $4` (its default for a range
+# on an expression); under 1% do. Priced as it is, the scan ships every row to the
+# leader, so it stays serial; at its true cost it runs on the parallel workers.
+PARALLEL_SCAN = "SET LOCAL parallel_tuple_cost = 0"
 BOUND_SCAN = _BOUND_SCAN.format(join="", filter="")
 BOUND_SCAN_FILTERED = _BOUND_SCAN.format(
     join="JOIN images i ON i.id = l.image_id", filter="AND i.metadata @> $5"

@@ -25,7 +25,13 @@ from search_service.domain import (
 )
 from search_service.projection import Projection, ProjectionVersion
 from search_service.vectors import unit_rows
-from service_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service_core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # A write that meets a fit's publication on the same image can deadlock (PostgreSQL
@@ -62,15 +68,25 @@ class Store:
         async with database_errors():
             return [_collection(r) for r in await self.pool.fetch(sql.COLLECTIONS)]
 
-    async def create_collection(self, name: str, model: ModelKey | None) -> Collection:
+    async def create_collection(
+        self, name: str, model: ModelKey | None, *, max_collections: int
+    ) -> Collection:
         if not _NAME.match(name):
             raise InvalidArgument(
                 f"name: {name!r} is not a valid collection name (1-63 letters, digits, '.', "
                 "'_' or '-', starting with a letter or digit)"
             )
         args = (model.name, model.version, model.dimension) if model else (None, None, None)
-        async with database_errors():
-            row = await self.pool.fetchrow(sql.CREATE_COLLECTION, name, *args)
+        async with database_errors(), self.pool.acquire() as connection, connection.transaction():
+            # Creations take turns, so the count they check is the one they add to.
+            await connection.execute(sql.LOCK_COLLECTION_CREATION)
+            count: int = await connection.fetchval(sql.COUNT_COLLECTIONS)
+            if count >= max_collections:
+                raise ResourceExhausted(
+                    f"name: the database holds {count} collections, the most allowed "
+                    f"(SEARCH_MAX_COLLECTIONS); delete one first"
+                )
+            row = await connection.fetchrow(sql.CREATE_COLLECTION, name, *args)
         if row is None:
             raise AlreadyExists(f"collection {name!r} already exists")
         return _collection(row)
@@ -281,8 +297,13 @@ class Store:
         if metadata_filter is not None:
             statement, extra = sql.BOUND_SCAN_FILTERED, [metadata_filter]
         args = (collection.id, version, cube.tolist(), threshold, *extra)
-        async with database_errors():
-            return await self.pool.fetch(statement, *args)
+        async with (
+            database_errors(),
+            self.pool.acquire() as connection,
+            connection.transaction(readonly=True),
+        ):
+            await connection.execute(sql.PARALLEL_SCAN)
+            return await connection.fetch(statement, *args)
 
     async def vectors(
         self, ids: Sequence[int], exclude_key: str | None, metadata_filter: dict[str, Any] | None

@@ -247,3 +247,17 @@ async def test_a_model_too_large_for_the_fit_budget_is_refused_clearly(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "128-D vectors are too large" in (caught.value.details() or "")
     assert "SEARCH_FIT_MEMORY_BYTES" in (caught.value.details() or "")
+
+
+async def test_collections_per_database_are_bounded(start_search: StartSearch) -> None:
+    import grpc
+
+    _, stub = await start_search(extractor_address="127.0.0.1:1", max_collections=3)
+    for name in ("a", "b"):  # with "default", three
+        await stub.CreateCollection(search_pb2.CreateCollectionRequest(name=name))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateCollection(search_pb2.CreateCollectionRequest(name="c"))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "SEARCH_MAX_COLLECTIONS" in (caught.value.details() or "")
+    await stub.DeleteCollection(search_pb2.DeleteCollectionRequest(name="a"))
+    await stub.CreateCollection(search_pb2.CreateCollectionRequest(name="c"))
