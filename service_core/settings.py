@@ -25,7 +25,7 @@ class ServerSettings:
         64 * 1024 * 1024, "largest request or response message in bytes"
     )
     max_calls_in_flight: int = setting(
-        64, "calls served at once; more get RESOURCE_EXHAUSTED at once (0: no bound)"
+        32, "calls served at once; more get RESOURCE_EXHAUSTED at once (0: no bound)"
     )
     max_request_bytes_in_flight: int = setting(
         128 * 1024 * 1024,
