@@ -1,6 +1,6 @@
 """Extractor throughput: raw ONNX Runtime vs torch eager vs the gRPC service, one run.
 
-    python benchmarks/bench_extractor.py [--model vgg16|efficientnet-lite0] [--quick]
+    python -m benchmarks.bench_extractor [--model vgg16|efficientnet-lite0] [--quick]
 
 Prints images/s and latency percentiles for batch 1, 8 and 32; the achieved GFLOP/s
 against this machine's fp32 matmul peak; the service's throughput under concurrent
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -22,20 +23,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
+import torch
+
+from devenv import photos
+from extractor_service.export import lite0, vgg16
+from extractor_service.export.onnx_export import export_model
+from extractor_service.runtime import OnnxModel
+from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import grpc  # noqa: E402
-import torch  # noqa: E402
-
-from extractor_service.export import lite0, vgg16  # noqa: E402
-from extractor_service.export.onnx_export import export_model  # noqa: E402
-from extractor_service.runtime import OnnxModel  # noqa: E402
-from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc  # noqa: E402
-from tests import photos  # noqa: E402
-
 GFLOP_PER_IMAGE = {"vgg16": 30.9, "efficientnet-lite0": 0.8}  # 2 x MACs at 224x224
 
 
@@ -143,7 +141,11 @@ def main() -> None:
         for batch, count in repeats.items():
             inputs = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
             raw_rates[batch] = report(
-                "onnxruntime", batch, timed(lambda x=inputs: model.run(x), count), gflop, peak
+                "onnxruntime",
+                batch,
+                timed(functools.partial(model.run, inputs), count),
+                gflop,
+                peak,
             )
             tensor = torch.from_numpy(inputs)
 

@@ -1,7 +1,7 @@
 """Ingest benchmark: embeddings/s through IngestStream, beside Store.write, durable cluster."""
 
 # Usage:
-#   python benchmarks/bench_ingest.py [--n 20000] [--dims 4096,1280] [--concurrency 1,2]
+#   python -m benchmarks.bench_ingest [--n 20000] [--dims 4096,1280] [--concurrency 1,2]
 #
 # One durable PostgreSQL cluster (fsync on, synchronous_commit on). For each dimension it
 # measures, in the same run and on the same synthetic CNN-like vectors:
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,18 +29,16 @@ import asyncpg
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-from benchmarks.search_peers import load_average, start_server, wait_serving  # noqa: E402
-from benchmarks.synthetic import cnn_like_vectors  # noqa: E402
-from devenv.postgres import LocalPostgres, free_port  # noqa: E402
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from search_service.db import init_connection  # noqa: E402
-from search_service.domain import ModelKey, NewImage  # noqa: E402
-from search_service.schema import migrate  # noqa: E402
-from search_service.store import Store  # noqa: E402
+from benchmarks.machine import load_average
+from benchmarks.search_server import start_server
+from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import SearchStub, wait_serving
+from devenv.synthetic import cnn_like_vectors
+from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.db import init_connection
+from search_service.domain import ModelKey, NewImage
+from search_service.schema import migrate
+from search_service.store import Store
 
 MODEL = "synthetic-cnn"
 
@@ -83,9 +79,7 @@ def stream_requests(
     ]
 
 
-async def stream_rate(
-    stub: search_pb2_grpc.SearchServiceStub, requests: list[search_pb2.IngestStreamRequest]
-) -> float:
+async def stream_rate(stub: SearchStub, requests: list[search_pb2.IngestStreamRequest]) -> float:
     collection = requests[0].collection
     await stub.CreateCollection(search_pb2.CreateCollectionRequest(name=collection))
     began = time.perf_counter()

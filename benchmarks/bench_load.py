@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from benchmarks.search_peers import load_average, rss_mib, wait_serving  # noqa: E402
+from benchmarks.machine import load_average, rss_mib  # noqa: E402
+from devenv.photos import available_photos, large_jpeg, photo_bytes  # noqa: E402
 from devenv.postgres import LocalPostgres, free_port  # noqa: E402
+from devenv.stack import wait_serving  # noqa: E402
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from tests.photos import available_photos, large_jpeg, photo_bytes  # noqa: E402
 
 COLLECTION = "load"
 DEADLINE_S = 10.0

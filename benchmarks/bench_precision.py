@@ -1,6 +1,6 @@
 """Reduced precision on the CPU: int8 variants against fp32, speed and embedding quality, one run.
 
-    python benchmarks/bench_precision.py [--models vgg16,efficientnet-lite0] [--variants a,b]
+    python -m benchmarks.bench_precision [--models vgg16,efficientnet-lite0] [--variants a,b]
 
 For each model (VGG16 with random weights of the right shapes, EfficientNet-Lite0 with its
 real weights) and precision, prints images/s at batch 1 and 8 (median over rounds), the
@@ -18,7 +18,6 @@ import io
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,12 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from extractor_service.export import lite0, quantize, vgg16  # noqa: E402
-from extractor_service.export.onnx_export import export_model  # noqa: E402
-from extractor_service.runtime import OnnxModel  # noqa: E402
+from extractor_service.export import lite0, quantize, vgg16
+from extractor_service.export.onnx_export import export_model
+from extractor_service.runtime import OnnxModel
 
 Array = npt.NDArray[np.float32]
 MODELS = ("vgg16", "efficientnet-lite0")

@@ -1,6 +1,6 @@
 """Time preprocess() on 12-megapixel JPEGs made from a real photo, with and without draft.
 
-Run from the repository root: python benchmarks/bench_preprocess.py [--runs N]
+Run from the repository root: python -m benchmarks.bench_preprocess [--runs N]
 """
 
 from __future__ import annotations

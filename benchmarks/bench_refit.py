@@ -1,7 +1,7 @@
 """Refit benchmark: a projection fit's time and the search service's peak memory, by dimension."""
 
 # Usage:
-#   python benchmarks/bench_refit.py [--dims 4096,16384] [--rows 20000]
+#   python -m benchmarks.bench_refit [--dims 4096,16384] [--rows 20000]
 #
 # For each dimension: a durable cluster, a search_service subprocess (no auto-fit), --rows
 # synthetic CNN-like vectors stored through IngestStream, then RefitProjection through
@@ -15,7 +15,6 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -23,14 +22,13 @@ from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.search_peers import load_average, rss_mib, start_server, wait_serving  # noqa: E402
-from benchmarks.synthetic import iter_cnn_like_vectors  # noqa: E402
-from devenv.postgres import LocalPostgres, free_port  # noqa: E402
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from search_service.settings import SearchSettings  # noqa: E402
+from benchmarks.machine import load_average, rss_mib
+from benchmarks.search_server import start_server
+from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import wait_serving
+from devenv.synthetic import iter_cnn_like_vectors
+from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.settings import SearchSettings
 
 
 def say(text: str = "") -> None:

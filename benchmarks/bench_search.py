@@ -1,7 +1,7 @@
 """Search benchmark: ingest, EXACT and FAST latency and recall, beside numpy, FAISS and pgvector."""
 
 # Usage:
-#   python benchmarks/bench_search.py [--n 100000 | --quick] [--sizes 20000,100000] [--dim 4096]
+#   python -m benchmarks.bench_search [--n 100000 | --quick] [--sizes 20000,100000] [--dim 4096]
 #
 # One run, one set of synthetic CNN-like vectors (benchmarks/synthetic.py), grown in steps
 # (--sizes). At each size it prints: Store.write's ingest rate on a durable cluster and the
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,42 +31,28 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
+import faiss
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-# gRPC logs a line for every fork (the PostgreSQL helpers run subprocesses).
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-import faiss  # noqa: E402
-import grpc  # noqa: E402
-
-from benchmarks.search_peers import (  # noqa: E402
-    FIGURES_HEADER,
-    Figures,
-    PgvectorPostgres,
-    at_equal_recall,
-    copy_vectors,
-    figures,
-    load_average,
-    rss_mib,
-    start_server,
-    vector_binary,
-    wait_serving,
-)
-from benchmarks.synthetic import cnn_like_vectors, iter_cnn_like_vectors  # noqa: E402
-from devenv.postgres import LocalPostgres, free_port  # noqa: E402
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from search_service.db import init_connection  # noqa: E402
-from search_service.domain import Collection, Hit, ModelKey, NewImage, Query  # noqa: E402
-from search_service.projection import Projection  # noqa: E402
-from search_service.ranking import Probe, Ranker, Work  # noqa: E402
-from search_service.refit import Refitter  # noqa: E402
-from search_service.schema import migrate  # noqa: E402
-from search_service.settings import SearchSettings  # noqa: E402
-from search_service.store import Store  # noqa: E402
-from search_service.vectors import unit  # noqa: E402
+from benchmarks.figures import FIGURES_HEADER, Figures, at_equal_recall, figures
+from benchmarks.machine import load_average, rss_mib
+from benchmarks.pgvector import PgvectorPostgres, copy_vectors, vector_binary
+from benchmarks.search_server import start_server
+from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import wait_serving
+from devenv.synthetic import cnn_like_vectors, iter_cnn_like_vectors
+from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service.db import init_connection
+from search_service.domain import Collection, Hit, ModelKey, NewImage, Query
+from search_service.projection import Projection
+from search_service.ranking import Probe, Ranker, Work
+from search_service.refit import Refitter
+from search_service.schema import migrate
+from search_service.settings import SearchSettings
+from search_service.store import Store
+from search_service.vectors import unit
 
 Matrix = npt.NDArray[np.float32]
 T = TypeVar("T")
@@ -540,9 +526,7 @@ def faiss_peers(
         hnsw.hnsw.efSearch = max(ef, candidates, K)
         for query in run.warmup:
             search(query, candidates)
-        timings, found = timed(
-            lambda query, candidates=candidates: search(query, candidates), run.queries
-        )
+        timings, found = timed(functools.partial(search, candidates=candidates), run.queries)
         how = f"re-rank {candidates}" if candidates else "no re-rank"
         label = f"FAISS HNSW {coarse.shape[1]}-D ef={max(ef, candidates)} {how}"
         results.append(figures(label, timings, found, truth))

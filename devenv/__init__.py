@@ -1,1 +1,1 @@
-"""Development helpers: the local PostgreSQL cluster."""
+"""The system on a developer's machine: its PostgreSQL cluster, the stack harness, sample data."""

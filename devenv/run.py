@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import FrameType
 
 from devenv.postgres import DEFAULT_DATA_DIR, LocalPostgres, PostgresError
-
-
-def _spawn(module: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", module, "--log-format", "text", *args])
+from devenv.stack import spawn, stop_all
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,21 +40,18 @@ def main(argv: list[str] | None = None) -> None:
 
     extractor_address = f"127.0.0.1:{options.extractor_port}"
     children = [
-        _spawn(
-            "extractor_service",
-            "--port",
-            str(options.extractor_port),
-            "--model-dir",
-            str(options.model_dir),
+        spawn(
+            "extractor",
+            {"port": options.extractor_port, "model_dir": options.model_dir, "log_format": "text"},
         ),
-        _spawn(
-            "search_service",
-            "--port",
-            str(options.search_port),
-            "--database-url",
-            dsn,
-            "--extractor-address",
-            extractor_address,
+        spawn(
+            "search",
+            {
+                "port": options.search_port,
+                "database_url": dsn,
+                "extractor_address": extractor_address,
+                "log_format": "text",
+            },
         ),
     ]
     print(
@@ -67,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -77,17 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.2)
-        status = 1  # a service exited by itself: say so, stop the rest
-        print("a service exited; stopping the others", file=sys.stderr, flush=True)
+        if not stopping:  # a service exited by itself: say so, stop the rest
+            status = 1
+            print("a service exited; stopping the others", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C reached the children too: they are already draining
     finally:
-        forward(signal.SIGTERM, None)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_all(children)
         cluster.stop()
     sys.exit(status)
 

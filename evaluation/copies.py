@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from devenv import photos as samples
 from evaluation import baselines, photos
 from evaluation.api import Api
 from evaluation.metrics import percentile_ms
@@ -37,7 +38,7 @@ class Copies:
 
 async def evaluate(api: Api, *, collection: str) -> Copies:
     """Stores the originals, then searches by each edited copy's bytes (EXACT, top 1)."""
-    originals = photos.originals()
+    originals = samples.originals()
     if len(originals) < 2:
         raise RuntimeError("copy detection needs scikit-image's or darknet's sample photos")
     names = sorted(originals)
@@ -45,7 +46,7 @@ async def evaluate(api: Api, *, collection: str) -> Copies:
     await api.ingest(collection, [(n, originals[n], {}) for n in names])
     stored = unit_rows(await api.stored_embeddings(collection, names))
     grey = unit_rows(baselines.pixels([originals[n] for n in names], 16, "L"))
-    decoded = {n: photos.decode(originals[n]) for n in names}
+    decoded = {n: samples.decode(originals[n]) for n in names}
     lines: list[CopyLine] = []
     seconds: list[float] = []
     for transform, edit in photos.TRANSFORMS.items():

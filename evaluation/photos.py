@@ -1,70 +1,14 @@
-"""Real photos for copy detection, and the edits a copy may have undergone."""
+"""The edits a copy of a photo may have undergone, for copy detection."""
 
 from __future__ import annotations
 
-import importlib.util
-import io
 from collections.abc import Callable
-from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-# Debian's darknet package ships these sample photos (apt-get install darknet).
-DARKNET_DIR = Path("/usr/share/darknet/data")
-DARKNET_PHOTOS = ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")
-# Files bundled in the scikit-image wheel (no download); read with Pillow, so scikit-image
-# need only be installed, never imported.
-SKIMAGE_PHOTOS = {
-    "astronaut": "astronaut.png",
-    "camera": "camera.png",
-    "chelsea": "chelsea.png",
-    "coffee": "coffee.png",
-    "rocket": "rocket.jpg",
-    "motorcycle": "motorcycle_left.png",
-    "hubble_deep_field": "hubble_deep_field.jpg",
-    "retina": "retina.jpg",
-    "moon": "moon.png",
-    "coins": "coins.png",
-    "brick": "brick.png",
-    "grass": "grass.png",
-    "gravel": "gravel.png",
-}
+from devenv.photos import center_crop, encode, rescale
 
 Transform = Callable[[Image.Image], bytes]
-
-
-def originals() -> dict[str, bytes]:
-    """Name -> the photo's file bytes, for every photo found on this machine."""
-    found: dict[str, bytes] = {}
-    spec = importlib.util.find_spec("skimage")
-    if spec is not None and spec.submodule_search_locations:
-        data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
-        for name, file in SKIMAGE_PHOTOS.items():
-            if (data_dir / file).is_file():
-                found[name] = (data_dir / file).read_bytes()
-    for name in DARKNET_PHOTOS:
-        path = DARKNET_DIR / f"{name}.jpg"
-        if path.is_file():
-            found[name] = path.read_bytes()
-    return found
-
-
-def decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, quality=quality)
-    return buffer.getvalue()
-
-
-def center_crop(image: Image.Image, fraction: float) -> Image.Image:
-    width, height = image.size
-    new_width, new_height = round(width * fraction), round(height * fraction)
-    left, top = (width - new_width) // 2, (height - new_height) // 2
-    return image.crop((left, top, left + new_width, top + new_height))
 
 
 def offset_crop(image: Image.Image, fraction: float) -> Image.Image:
@@ -72,11 +16,6 @@ def offset_crop(image: Image.Image, fraction: float) -> Image.Image:
     centre crop no longer sees the same middle."""
     width, height = image.size
     return image.crop((0, 0, round(width * fraction), round(height * fraction)))
-
-
-def rescale(image: Image.Image, factor: float) -> Image.Image:
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def jitter(

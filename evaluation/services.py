@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import IO
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from devenv.postgres import LocalPostgres, free_port
+from devenv.stack import Service, spawn, stop_all, wait_serving
 
 _START_TIMEOUT_S = 180.0
 
@@ -55,44 +50,30 @@ class LocalStack:
         extractor = f"127.0.0.1:{extractor_port}"
         search = f"127.0.0.1:{search_port}"
         self._spawn(
-            "extractor_service",
+            "extractor",
             tag,
-            {
-                "EXTRACTOR_PORT": str(extractor_port),
-                "EXTRACTOR_MODEL_DIR": str(model_dir),
-                "EXTRACTOR_GRACE_PERIOD_S": "0",
-                "EXTRACTOR_LOG_LEVEL": "WARNING",
-            },
+            {"port": extractor_port, "model_dir": model_dir, "log_level": "WARNING"},
         )
         self._spawn(
-            "search_service",
+            "search",
             tag,
             {
-                "SEARCH_PORT": str(search_port),
-                "SEARCH_DATABASE_URL": self.dsn,
-                "SEARCH_EXTRACTOR_ADDRESS": extractor,
+                "port": search_port,
+                "database_url": self.dsn,
+                "extractor_address": extractor,
                 # Projections come only from the evaluation's RefitProjection calls.
-                "SEARCH_AUTO_FIT_THRESHOLD": str(10**9),
-                "SEARCH_GRACE_PERIOD_S": "0",
-                "SEARCH_LOG_LEVEL": "WARNING",
+                "auto_fit_threshold": 10**9,
+                "log_level": "WARNING",
             },
         )
-        await asyncio.gather(wait_serving(extractor), wait_serving(search))
-        for child in self._children:
-            if child.poll() is not None:
-                raise RuntimeError(f"a service exited with {child.returncode}; see {self._log_dir}")
+        extractor_process, search_process = self._children[-2:]
+        await asyncio.gather(
+            wait_serving(extractor, extractor_process), wait_serving(search, search_process)
+        )
         return search, extractor
 
     def stop_services(self) -> None:
-        for child in self._children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in self._children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_all(self._children)
         self._children.clear()
 
     def close(self) -> None:
@@ -100,29 +81,8 @@ class LocalStack:
         self._postgres.stop()
         shutil.rmtree(self._pg_root, ignore_errors=True)
 
-    def _spawn(self, module: str, tag: str, env: dict[str, str]) -> None:
-        log = (self._log_dir / f"{module}-{tag}.log").open("ab")
-        child = subprocess.Popen(
-            [sys.executable, "-m", module, "--log-format", "text"],
-            env=os.environ | env,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()  # the child holds its own copy
-        self._children.append(child)
-
-
-async def wait_serving(address: str, timeout_s: float = _START_TIMEOUT_S) -> None:
-    """Returns once the server at ``address`` reports SERVING on its health service."""
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass  # not listening yet
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"{address} did not report SERVING within {timeout_s:.0f} s")
+    def _spawn(self, service: Service, tag: str, settings: dict[str, object]) -> None:
+        quick: dict[str, object] = {"grace_period_s": 0, "log_format": "text"}
+        with (self._log_dir / f"{service}_service-{tag}.log").open("ab") as log:
+            # The child holds its own copy of the log file.
+            self._children.append(spawn(service, quick | settings, log=log))

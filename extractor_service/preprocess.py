@@ -62,10 +62,8 @@ _MAX_EXACT_ASPECT = 8
 
 # JPEGs decode at 1/2, 1/4 or 1/8 size only while the short side stays at least
 # this many times resize_size, so that the antialiased resize still does part of
-# the shrinking. Measured against full decodes of real photos: at 1x the DCT
-# downscale's different filter leaves up to 2.5 grey levels mean difference
-# (pixel cosine 0.997); at 1.25x at most 1 level (0.9995); and a 12 MP photo
-# (short side 3000) still decodes at 1/8, 375 pixels.
+# the shrinking: with no headroom the DCT downscale's own filter shows in the pixels,
+# and a 12 MP photo still decodes at 1/8 (docs/extractor-performance.md).
 _DRAFT_HEADROOM = 1.25
 
 # For each EXIF orientation, how the stored picture becomes the shown one: mirror

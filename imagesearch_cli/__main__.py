@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     server = os.environ.get("IMAGESEARCH_SERVER", DEFAULT_SERVER)
     parser.add_argument("--server", default=server, metavar="HOST:PORT", help=server_help)
     parser.add_argument("--collection", default="", help="collection (default: 'default')")
+    # pyproject.toml holds the version; the installed package's metadata carries it here.
+    version = importlib.metadata.version("imagesearch")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     # The same options after the subcommand too; SUPPRESS keeps the ones given first.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -174,13 +174,6 @@ class Store:
         entries: dict[int, _Entries],
         metadata_updates: Sequence[tuple[str, dict[str, Any]]],
     ) -> dict[str, bool]:
-        staged = binary_copy(
-            ("text", "bytea", "jsonb", "bytea"),
-            (
-                (i.key, i.content_sha256, i.metadata, i.embedding.astype("<f4").tobytes())
-                for i in images
-            ),
-        )
         async with database_errors(), self.pool.acquire() as connection, connection.transaction():
             rows: list[Record] = []
             if images:
@@ -196,9 +189,14 @@ class Store:
                     if version not in entries:  # published since the entries were computed
                         fitted = await self.version(collection, version)
                         entries[version] = await asyncio.to_thread(_entries, fitted, vectors)
-                await connection.execute(sql.CREATE_STAGING)
-                await connection.copy_to_table("staging_images", source=staged, format="binary")
-                rows = await connection.fetch(sql.UPSERT_FROM_STAGING, collection.id)
+                rows = await connection.fetch(
+                    sql.UPSERT_IMAGES,
+                    collection.id,
+                    [i.key for i in images],
+                    [i.content_sha256 for i in images],
+                    [i.metadata for i in images],
+                    [i.embedding.astype("<f4").tobytes() for i in images],
+                )
                 if live and rows:
                     ids = {r["key"]: r["id"] for r in rows}
                     image_ids = [ids[i.key] for i in images]

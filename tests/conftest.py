@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -67,11 +68,29 @@ def grpcurl() -> str:
 
 
 @pytest.fixture(scope="session")
-def lite0_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """EfficientNet-Lite0 with its real ImageNet weights, exported once per run."""
+def lite0_model_dir(request: pytest.FixtureRequest) -> Path:
+    """EfficientNet-Lite0 with its real ImageNet weights, exported once and then kept in
+    pytest's cache until the export code or torch changes (the export is torch's slowest
+    part of a run; the export tests themselves always export afresh)."""
     from extractor_service.export import lite0
     from extractor_service.export.onnx_export import export_model
+    from extractor_service.manifest import load_manifest, verify_checksum
 
-    out = tmp_path_factory.mktemp("models") / "efficientnet-lite0"
-    export_model(lite0.lite0(), out)
+    out = request.config.cache.mkdir(f"efficientnet-lite0-{_export_fingerprint()}")
+    try:
+        verify_checksum(out, load_manifest(out))
+    except Exception:  # noqa: BLE001 - absent, half-written or stale: export it again
+        export_model(lite0.lite0(), out)
     return out
+
+
+def _export_fingerprint() -> str:
+    """What an export depends on: the export code, and the torch and onnx doing it."""
+    import onnx
+    import torch
+
+    digest = hashlib.sha256(f"{torch.__version__} {onnx.__version__}".encode())
+    export_dir = Path(__file__).resolve().parent.parent / "extractor_service"
+    for source in sorted([*export_dir.glob("export/*.py"), export_dir / "manifest.py"]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,116 +1,22 @@
-"""Real photographs for tests: scikit-image's bundled samples and Debian's darknet ones."""
+"""Sample photos for tests (devenv.photos), and the mark for tests that need darknet's."""
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
 import pytest
-import skimage.data
-from PIL import Image
 
-# The edits a copy undergoes are the evaluation's own (make eval), shared here.
-from evaluation.photos import center_crop as center_crop
-from evaluation.photos import encode as encode
-from evaluation.photos import rescale as rescale
-
-# Installed by the Debian package "darknet" (apt-get install darknet); these tests
-# skip the photos when it is absent rather than fetch anything.
-DARKNET_DIR = Path("/usr/share/darknet/data")
-
-# Shipped inside the scikit-image wheel: loading them needs no network (no pooch).
-SKIMAGE_PHOTOS: dict[str, str] = {
-    "astronaut": "astronaut Eileen Collins in an orange suit, US flag and shuttle model",
-    "camera": "a man behind a camera on a tripod, in a field (greyscale)",
-    "chelsea": "Chelsea, a tabby cat, face close up",
-    "coffee": "a cup of coffee on a saucer, from above",
-    "rocket": "a SpaceX Falcon 9 rocket on its launch pad at night",
-    "motorcycle": "a red motorcycle in a workshop",
-    "hubble_deep_field": "the Hubble deep field: galaxies on black",
-    "retina": "a human retina (fundus photograph)",
-    "moon": "the lunar surface (greyscale)",
-    "coins": "rows of ancient coins on a dark background (greyscale)",
-    "brick": "a brick wall texture (greyscale)",
-    "grass": "a grass texture (greyscale)",
-    "gravel": "a gravel texture (greyscale)",
-}
-
-DARKNET_PHOTOS: dict[str, str] = {
-    "dog": "a dog sitting on a porch beside a bicycle, a car behind",
-    "eagle": "an eagle standing at the water's edge",
-    "giraffe": "a giraffe and a zebra among trees",
-    "horses": "four horses on a grassy plain, hills behind",
-    "kite": "people flying kites on a beach",
-    "person": "a person in blue with a dog and a white horse",
-    "scream": "Munch's painting The Scream",
-}
-
-
-def darknet_available() -> bool:
-    return (DARKNET_DIR / "dog.jpg").is_file()
-
+from devenv.photos import DARKNET_PHOTOS as DARKNET_PHOTOS
+from devenv.photos import SKIMAGE_PHOTOS as SKIMAGE_PHOTOS
+from devenv.photos import available_photos as available_photos
+from devenv.photos import center_crop as center_crop
+from devenv.photos import darknet_available
+from devenv.photos import describe as describe
+from devenv.photos import encode as encode
+from devenv.photos import flipped as flipped
+from devenv.photos import large_jpeg as large_jpeg
+from devenv.photos import photo as photo
+from devenv.photos import photo_bytes as photo_bytes
+from devenv.photos import rescale as rescale
 
 requires_darknet = pytest.mark.skipif(
     not darknet_available(), reason="needs Debian's darknet package for its sample photos"
 )
-
-
-def available_photos() -> list[str]:
-    """Names usable with photo() and photo_bytes() on this machine."""
-    names = list(SKIMAGE_PHOTOS)
-    if darknet_available():
-        names += DARKNET_PHOTOS
-    return names
-
-
-def describe(name: str) -> str:
-    """What the photo shows."""
-    return {**SKIMAGE_PHOTOS, **DARKNET_PHOTOS}[name]
-
-
-def photo(name: str) -> Image.Image:
-    """The photo decoded, in its own mode (RGB, or L for greyscale); a fresh copy."""
-    return Image.fromarray(_pixels(name).copy())
-
-
-def photo_bytes(name: str) -> bytes:
-    """The photo encoded: darknet's original JPEG file, scikit-image's pixels as PNG."""
-    if name in DARKNET_PHOTOS:
-        return _darknet_path(name).read_bytes()
-    return encode(photo(name), "PNG")
-
-
-def flipped(image: Image.Image) -> Image.Image:
-    """Mirrored left to right."""
-    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
-def large_jpeg(name: str, size: tuple[int, int] = (4000, 3000), *, quality: int = 90) -> bytes:
-    """The photo upscaled (bicubic) to size, e.g. a 12-megapixel camera JPEG."""
-    image = photo(name).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    return encode(image, "JPEG", quality=quality)
-
-
-def _darknet_path(name: str) -> Path:
-    path = DARKNET_DIR / f"{name}.jpg"
-    if not path.is_file():
-        raise LookupError(f"photo {name!r} needs Debian's darknet package (missing {path})")
-    return path
-
-
-@functools.cache
-def _pixels(name: str) -> npt.NDArray[np.uint8]:
-    if name in DARKNET_PHOTOS:
-        with Image.open(_darknet_path(name)) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    elif name == "motorcycle":
-        # Left view of a stereo pair; skimage's stub leaves this function untyped.
-        pixels = skimage.data.stereo_motorcycle()[0]  # type: ignore[no-untyped-call]
-    elif name in SKIMAGE_PHOTOS:
-        pixels = getattr(skimage.data, name)()
-    else:
-        raise LookupError(f"no photo {name!r}; available: {', '.join(available_photos())}")
-    pixels.setflags(write=False)
-    return pixels

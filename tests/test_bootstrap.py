@@ -13,12 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devenv.stack import Stack
 from extractor_service.app import ExtractorApp
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from imagesearch.search.v1 import search_pb2
 from search_service.app import SearchApp
-from search_service.settings import SearchSettings
 from service_core.errors import InvalidArgument
 from service_core.server import App, Service
 
@@ -42,20 +42,14 @@ def run_grpcurl(
 
 @pytest.fixture
 async def search_app(database_url: str) -> AsyncIterator[SearchApp]:
-    app = SearchApp(SearchSettings(database_url=database_url, grace_period_s=0.5))
-    await app.start()
-    await app.wait_ready()
-    yield app
-    await app.stop()
+    async with Stack() as stack:
+        yield await stack.search(database_url, grace_period_s=0.5)
 
 
 @pytest.fixture
 async def extractor_app(lite0_model_dir: Path) -> AsyncIterator[ExtractorApp]:
-    app = ExtractorApp(ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0.5))
-    await app.start()
-    await app.wait_ready()
-    yield app
-    await app.stop()
+    async with Stack() as stack:
+        yield await stack.extractor(lite0_model_dir, grace_period_s=0.5)
 
 
 async def assert_listed_and_serving(grpcurl: str, port: int, service: str) -> None:
@@ -202,19 +196,12 @@ async def test_error_midstream_ends_stream_with_its_code(
 
 
 async def test_oversize_message_is_resource_exhausted(database_url: str) -> None:
-    app = SearchApp(
-        SearchSettings(database_url=database_url, max_message_bytes=4096, grace_period_s=0)
-    )
-    server = await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = search_pb2_grpc.SearchServiceStub(channel)
-            item = search_pb2.IngestItem(key="big", image=b"x" * 10_000)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Ingest(search_pb2.IngestRequest(items=[item]))
-            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        await app.stop()
+    async with Stack() as stack:
+        app = await stack.search(database_url, max_message_bytes=4096, ready=False)
+        item = search_pb2.IngestItem(key="big", image=b"x" * 10_000)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.search_stub(app).Ingest(search_pb2.IngestRequest(items=[item]))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_metrics_count_calls_by_status_code(

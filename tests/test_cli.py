@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -22,11 +23,8 @@ import pytest_asyncio
 from PIL import Image
 
 from devenv.postgres import LocalPostgres
-from extractor_service.app import ExtractorApp
-from extractor_service.settings import ExtractorSettings
+from devenv.stack import Stack, address
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
-from search_service.app import SearchApp
-from search_service.settings import SearchSettings
 from tests import photos
 from tests.conftest import TEMPLATE
 
@@ -106,21 +104,10 @@ async def server(postgres: LocalPostgres, lite0_model_dir: Path) -> AsyncIterato
     """host:port of a search service backed by a real Lite0 extractor and PostgreSQL."""
     database = f"cli_{uuid.uuid4().hex[:12]}"
     await admin(postgres, f'CREATE DATABASE "{database}" TEMPLATE {TEMPLATE}')
-    extractor = ExtractorApp(ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0))
-    extractor_server = await extractor.start()
-    await extractor.wait_ready()
-    search = SearchApp(
-        SearchSettings(
-            database_url=postgres.dsn(database),
-            extractor_address=f"127.0.0.1:{extractor_server.port}",
-            grace_period_s=0,
-        )
-    )
-    search_server = await search.start()
-    await search.wait_ready()
-    yield f"127.0.0.1:{search_server.port}"
-    await search.stop()
-    await extractor.stop()
+    async with Stack() as stack:
+        extractor = await stack.extractor(lite0_model_dir)
+        search = await stack.search(postgres.dsn(database), extractor_address=address(extractor))
+        yield address(search)
     await admin(postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
@@ -343,3 +330,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = cli("search", server="127.0.0.1:1", cwd=tmp_path)
     assert result.returncode == 2
     assert "one of the arguments image --key is required" in result.stderr
+
+
+def test_version_is_pyprojects(tmp_path: Path) -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    shown = cli("--version", server="127.0.0.1:1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"imagesearch {pyproject['project']['version']}"

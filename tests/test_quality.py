@@ -7,10 +7,11 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
+from devenv import photos as samples
+from devenv.stack import Stack, address
 from evaluation import fashion, photos
 from evaluation.api import FAST, Api
 from evaluation.metrics import (
@@ -21,12 +22,6 @@ from evaluation.metrics import (
     score,
 )
 from evaluation.ranking import rank, unit_rows
-from extractor_service.app import ExtractorApp
-from extractor_service.settings import ExtractorSettings
-from imagesearch.extractor.v1 import extractor_pb2_grpc
-from imagesearch.search.v1 import search_pb2_grpc
-from search_service.app import SearchApp
-from search_service.settings import SearchSettings
 
 # API and numpy compute the same distances in different float order: they may differ in
 # the last bits, which only matters for exactly tied distances.
@@ -43,7 +38,7 @@ def labeled_set() -> list[Item]:
             (key, label, sample.png(i))
             for i, (key, label) in enumerate(zip(sample.keys, sample.labels, strict=True))
         ]
-    originals = photos.originals()
+    originals = samples.originals()
     if len(originals) < 4:
         pytest.skip(
             "needs Fashion-MNIST (apt-get install dataset-fashion-mnist) or sample photos "
@@ -52,7 +47,7 @@ def labeled_set() -> list[Item]:
     edits = ["re-encoded (JPEG q90)", "flipped left-right", "centre crop 80%", "JPEG q30"]
     items = []
     for name in sorted(originals)[:8]:
-        picture = photos.decode(originals[name])
+        picture = samples.decode(originals[name])
         items += [(f"{name}/{edit}", name, photos.TRANSFORMS[edit](picture)) for edit in edits]
     return items
 
@@ -60,27 +55,10 @@ def labeled_set() -> list[Item]:
 @pytest.fixture
 async def api(database_url: str, lite0_model_dir: Path) -> AsyncIterator[Api]:
     """A real Lite0 extractor and a search service using it, on port 0."""
-    extractor_app = ExtractorApp(ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0))
-    extractor_server = await extractor_app.start()
-    await extractor_app.wait_ready()
-    extractor_address = f"127.0.0.1:{extractor_server.port}"
-    search_app = SearchApp(
-        SearchSettings(
-            database_url=database_url, extractor_address=extractor_address, grace_period_s=0
-        )
-    )
-    search_server = await search_app.start()
-    await search_app.wait_ready()
-    search_channel = grpc.aio.insecure_channel(f"127.0.0.1:{search_server.port}")
-    extractor_channel = grpc.aio.insecure_channel(extractor_address)
-    yield Api(
-        search_pb2_grpc.SearchServiceStub(search_channel),
-        extractor_pb2_grpc.ExtractorServiceStub(extractor_channel),
-    )
-    await search_channel.close(None)
-    await extractor_channel.close(None)
-    await search_app.stop()
-    await extractor_app.stop()
+    async with Stack() as stack:
+        extractor = await stack.extractor(lite0_model_dir)
+        search = await stack.search(database_url, extractor_address=address(extractor))
+        yield Api(stack.search_stub(search), stack.extractor_stub(extractor))
 
 
 async def test_api_ranks_as_well_as_numpy_on_the_same_vectors(api: Api) -> None:

@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from extractor_service.app import ExtractorApp
-from extractor_service.settings import ExtractorSettings
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc
-from search_service.app import SearchApp
-from search_service.settings import SearchSettings
+from devenv.stack import Stack, address
+from imagesearch.search.v1 import search_pb2
 from tests import photos
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -98,29 +94,16 @@ CHECKS = [
 @pytest.fixture
 async def servers(database_url: str, lite0_model_dir: Path) -> AsyncIterator[tuple[str, str]]:
     """(search, extractor) addresses of real servers; the collection holds three photos."""
-    extractor = ExtractorApp(ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0))
-    extractor_port = (await extractor.start()).port
-    await extractor.wait_ready()
-    search = SearchApp(
-        SearchSettings(
-            database_url=database_url,
-            extractor_address=f"127.0.0.1:{extractor_port}",
-            grace_period_s=0,
-        )
-    )
-    search_address = f"127.0.0.1:{(await search.start()).port}"
-    await search.wait_ready()
-    # Something else to find, so that searching by the README's key has hits.
-    async with grpc.aio.insecure_channel(search_address) as channel:
-        stub = search_pb2_grpc.SearchServiceStub(channel)
+    async with Stack() as stack:
+        extractor = await stack.extractor(lite0_model_dir)
+        search = await stack.search(database_url, extractor_address=address(extractor))
+        # Something else to find, so that searching by the README's key has hits.
         items = [
             search_pb2.IngestItem(key=f"{name}.png", image=photos.photo_bytes(name))
             for name in ("coffee", "rocket", "astronaut")
         ]
-        await stub.Ingest(search_pb2.IngestRequest(items=items))
-    yield search_address, f"127.0.0.1:{extractor_port}"
-    await search.stop()
-    await extractor.stop()
+        await stack.search_stub(search).Ingest(search_pb2.IngestRequest(items=items))
+        yield address(search), address(extractor)
 
 
 def test_readme_block_splits_into_the_checked_commands() -> None:
@@ -192,17 +175,11 @@ async def test_readme_tls_and_token_recipes_work_as_written(
         "tls_key_file": server.key,
         "auth_file": callers,
     }
-    extractor = ExtractorApp(
-        ExtractorSettings(
-            model_dir=lite0_model_dir, grace_period_s=0, tls_client_ca_file=ca.bundle, **tls
-        )
-    )
-    extractor_port = (await extractor.start()).port
-    search = SearchApp(SearchSettings(database_url=database_url, grace_period_s=0, **tls))
-    search_port = (await search.start()).port
-    try:
-        await extractor.wait_ready()
-        await search.wait_ready()
+    async with Stack() as stack:
+        extractor = await stack.extractor(lite0_model_dir, tls_client_ca_file=ca.bundle, **tls)
+        search = await stack.search(database_url, **tls)
+        extractor_port = address(extractor).rsplit(":", 1)[1]
+        search_port = address(search).rsplit(":", 1)[1]
         text = grpcurl_block(README.read_text(), "## Security")
         text = text.replace("localhost:50052", f"localhost:{search_port}")
         text = text.replace("localhost:50051", f"localhost:{extractor_port}")
@@ -241,6 +218,3 @@ async def test_readme_tls_and_token_recipes_work_as_written(
                 assert refused.returncode != 0, bare
                 refusals += 1
         assert refusals == 2  # the token and the client certificate each matter
-    finally:
-        await search.stop()
-        await extractor.stop()

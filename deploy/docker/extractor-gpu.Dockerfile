@@ -5,7 +5,7 @@
 # node needs an NVIDIA driver for CUDA 12.6 and the NVIDIA device plugin.
 #
 # Build from the repository root (BuildKit; the ignore file beside this one applies):
-#   docker build -f deploy/docker/extractor-gpu.Dockerfile -t imagesearch-extractor-gpu:0.1.0 \
+#   docker build -f deploy/docker/extractor-gpu.Dockerfile -t imagesearch-extractor-gpu:$(make version) \
 #       --build-arg MODEL_IMAGE=imagesearch-model:vgg16 .
 
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
@@ -24,15 +24,18 @@ RUN apt-get update \
 RUN python3.12 -m venv /opt/venv
 WORKDIR /src
 COPY . .
-# The extractor extra exactly, then its CPU onnxruntime swapped for the GPU build (both
-# install the `onnxruntime` module, so one has to go before the other comes in).
-RUN /opt/venv/bin/pip install ".[extractor]" \
+# The extractor extra exactly, at the versions constraints.txt pins (`make lock`), without
+# the other roles' console scripts; then its CPU onnxruntime swapped for the GPU build
+# (both install the `onnxruntime` module, so one has to go before the other comes in).
+RUN /opt/venv/bin/pip install --constraint=constraints.txt ".[extractor]" \
+    && rm /opt/venv/bin/imagesearch /opt/venv/bin/imagesearch-search \
     && /opt/venv/bin/pip uninstall --yes onnxruntime \
     && /opt/venv/bin/pip install "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 FROM ${CUDA_IMAGE} AS runtime
-ARG VERSION=0.1.0
+# pyproject.toml's version: --build-arg VERSION=$(make version)
+ARG VERSION
 LABEL org.opencontainers.image.title="imagesearch-extractor-gpu" \
       org.opencontainers.image.description="Semantic image search: CNN embeddings over gRPC (CUDA)" \
       org.opencontainers.image.version="${VERSION}" \

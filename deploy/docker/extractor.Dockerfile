@@ -5,7 +5,7 @@
 #
 # Build from the repository root (BuildKit; the ignore file beside this one applies):
 #   docker build -f deploy/docker/model.Dockerfile -t imagesearch-model:vgg16 .
-#   docker build -f deploy/docker/extractor.Dockerfile -t imagesearch-extractor:0.1.0 \
+#   docker build -f deploy/docker/extractor.Dockerfile -t imagesearch-extractor:$(make version) \
 #       --build-arg MODEL_IMAGE=imagesearch-model:vgg16 .
 # or serve a model that `make model` exported, with no model image:
 #   docker build -f deploy/docker/extractor.Dockerfile --build-context model=models/default .
@@ -20,12 +20,16 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY . .
-# pip compiles the installed modules, so nothing is written at run time (read-only root).
-RUN /opt/venv/bin/pip install ".[extractor]" \
+# At the versions constraints.txt pins (`make lock`). The context holds no package but
+# extractor_service and what it imports; the console scripts of the other roles go. pip
+# compiles the installed modules, so nothing is written at run time (read-only root).
+RUN /opt/venv/bin/pip install --constraint=constraints.txt ".[extractor]" \
+    && rm /opt/venv/bin/imagesearch /opt/venv/bin/imagesearch-search \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VERSION=0.1.0
+# pyproject.toml's version: --build-arg VERSION=$(make version)
+ARG VERSION
 LABEL org.opencontainers.image.title="imagesearch-extractor" \
       org.opencontainers.image.description="Semantic image search: CNN embeddings over gRPC (CPU)" \
       org.opencontainers.image.version="${VERSION}" \

@@ -30,9 +30,10 @@ RUN if [ "$PRECISION" = int8 ]; then \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY . .
-# The export extra (torch, onnx), plus the extractor extra for int8's calibration runs.
+# The export extra (torch, onnx), plus the extractor extra for int8's calibration runs, at
+# the versions constraints.txt pins (`make lock`).
 RUN /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-        ".[export,extractor]"
+        --constraint=constraints.txt ".[export,extractor]"
 RUN /opt/venv/bin/python -m extractor_service.export \
         --model "$MODEL" --precision "$PRECISION" --out /out \
         ${WEIGHTS:+--weights "/src/deploy/docker/weights/$WEIGHTS"}

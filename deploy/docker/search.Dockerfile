@@ -4,7 +4,7 @@
 # (CREATE EXTENSION cube included), so its database role must own the database.
 #
 # Build from the repository root (BuildKit; the ignore file beside this one applies):
-#   docker build -f deploy/docker/search.Dockerfile -t imagesearch-search:0.1.0 .
+#   docker build -f deploy/docker/search.Dockerfile -t imagesearch-search:$(make version) .
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -13,12 +13,16 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY . .
-# pip compiles the installed modules, so nothing is written at run time (read-only root).
-RUN /opt/venv/bin/pip install ".[search]" \
+# At the versions constraints.txt pins (`make lock`). The context holds no package but
+# search_service and what it imports; the console scripts of the other roles go. pip
+# compiles the installed modules, so nothing is written at run time (read-only root).
+RUN /opt/venv/bin/pip install --constraint=constraints.txt ".[search]" \
+    && rm /opt/venv/bin/imagesearch /opt/venv/bin/imagesearch-extractor \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VERSION=0.1.0
+# pyproject.toml's version: --build-arg VERSION=$(make version)
+ARG VERSION
 LABEL org.opencontainers.image.title="imagesearch-search" \
       org.opencontainers.image.description="Semantic image search: vectors in PostgreSQL, over gRPC" \
       org.opencontainers.image.version="${VERSION}" \

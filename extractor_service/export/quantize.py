@@ -36,7 +36,7 @@ _SKIMAGE_PHOTOS = (
 )  # fmt: skip
 _DARKNET_PHOTOS = ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")
 # Never calibrated on, so that tests and benchmarks can compare int8 with fp32 on photos the
-# quantizer has not seen (names as in tests/photos.py).
+# quantizer has not seen (names as in devenv/photos.py).
 HELD_OUT = frozenset({"chelsea", "motorcycle", "dog", "eagle", "giraffe", "person"})
 # Between the weights' provenance and the quantization note in an int8 manifest.
 PROVENANCE_SEPARATOR = " | "
@@ -78,29 +78,24 @@ class Variant:
         return ", ".join(parts)
 
 
-# Tried on a 2-core AVX-512 VNNI CPU; benchmarks/bench_precision.py prints the figures.
 # The default, every Conv and Gemm in QDQ form with u8 activations and s8 per-channel
-# weights, is what ORT's x86 kernels run fastest: VGG16 3.3-3.8x fp32, Lite0 1.9-2.3x, with
-# Lite0's worst cosine to fp32 on held-out photos 0.991 (median 0.996). Nothing tried was
-# both as fast and more accurate: Entropy calibration gave the same ranges, tighter
-# percentiles or only colour photos lost accuracy. Dropped without a place here: u8
-# weights (QDQ: 3-6x slower than fp32), depthwise convs left in fp32 (slower, worst cosine
-# 0.88), symmetric u8 activations (1.2-1.35x), QOperator with s8 activations (4x slower
-# than fp32), and bf16, which ORT's CPU provider cannot run (no bf16 Conv or MatMul
-# kernel). Without VNNI, ORT's u8s8 kernels can saturate; onnxruntime advises
-# reduce_range=True there, which these variants do not set.
+# weights, is what ORT's x86 kernels run fastest, and nothing tried was both as fast and
+# more accurate; the other variants stay so that `python -m benchmarks.bench_precision
+# --variants` can re-measure them. Their figures, and those of what was dropped, are in
+# docs/extractor-performance.md. bf16 is absent because ORT's CPU provider cannot run it
+# (no bf16 Conv or MatMul kernel). Without VNNI, ORT's u8s8 kernels can saturate;
+# onnxruntime advises reduce_range=True there, which these variants do not set.
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("qdq"),
-        # Raw pixels into an fp32 conv: Lite0's 5th-percentile cosine 0.9926 -> 0.9935, its
-        # worst case the same, 5-8% slower.
+        # Raw pixels into an fp32 conv: does the first layer's rounding cost accuracy?
         Variant("qdq-fp32-first-conv", exclude_first_conv=True),
-        # As fast as per channel; Lite0's worst cosine 0.80 (its channels differ in scale).
+        # One scale per tensor: Lite0's channels differ in scale, so it loses accuracy.
         Variant("qdq-per-tensor", per_channel=False),
-        # s8 activations: as fast as u8 for VGG16, about half u8's speed for Lite0.
+        # s8 activations, which ORT runs at a different speed per model.
         Variant("qdq-s8s8", activation_type=quantization.QuantType.QInt8),
-        # VGG16's FC layers in fp32: same accuracy, slower at batch 1, 3.7x the file.
+        # VGG16's FC layers in fp32: most of its weights, so most of the file.
         Variant("qdq-fp32-gemm", exclude_op_types=("Gemm",)),
         Variant("qoperator", quant_format=quantization.QuantFormat.QOperator),
         Variant(

@@ -35,6 +35,16 @@ SERVING: dict[str, tuple[str, type[ServerSettings], str]] = {
     "search": ("search", SearchSettings, SEARCH_PREFIX),
 }
 ALL_IMAGES = (*SERVING, "model")
+# Image -> the top-level packages its build context carries: what serving (or exporting)
+# needs, and so all that `pip install .[extra]` can install.
+EXTRACTOR_PACKAGES = frozenset({"imagesearch", "service_core", "extractor_service"})
+PACKAGES = {
+    "extractor": EXTRACTOR_PACKAGES,
+    "extractor-gpu": EXTRACTOR_PACKAGES,
+    "search": frozenset({"imagesearch", "service_core", "search_service"}),
+    "model": EXTRACTOR_PACKAGES,
+}
+TOP_LEVEL_PACKAGES = frozenset(p.parent.name for p in ROOT.glob("*/__init__.py"))
 SETTINGS = {EXTRACTOR_PREFIX: ExtractorSettings, SEARCH_PREFIX: SearchSettings}
 MODEL_DIR = "/opt/imagesearch/model"
 
@@ -376,8 +386,13 @@ def test_build_context_holds_the_sources_and_nothing_else(name: str) -> None:
             exception = line.startswith("!")
             rules.append((exception, ignore_pattern(line.removeprefix("!").strip("/"))))
     # Every file the distribution is built from (pyproject's packages, readme) is there.
-    wanted = ["pyproject.toml", PYPROJECT["project"]["readme"], "deploy/docker/healthcheck.py"]
-    for package in ("imagesearch", "service_core", "extractor_service", "search_service"):
+    wanted = [
+        "pyproject.toml",
+        PYPROJECT["project"]["readme"],
+        "constraints.txt",
+        "deploy/docker/healthcheck.py",
+    ]
+    for package in PACKAGES[name]:
         assert any(
             package.startswith(p.rstrip("*"))
             for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -389,6 +404,9 @@ def test_build_context_holds_the_sources_and_nothing_else(name: str) -> None:
         ]
     missing = [path for path in wanted if not included(rules, path)]
     assert not missing, f"{name}: the build context lacks {missing[:5]}"
+    # Every other package of the repository stays out, so the image cannot install it.
+    for package in TOP_LEVEL_PACKAGES - PACKAGES[name]:
+        assert not included(rules, f"{package}/__init__.py"), f"{name}: the context holds {package}"
     for path in (
         ".venv/bin/python",
         ".git/config",
@@ -476,3 +494,61 @@ def test_search_build_check_finds_the_migrations() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "migrations packaged" in done.stdout
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_images_install_the_project_at_the_locked_versions(name: str) -> None:
+    project_installs = [
+        words
+        for stage in parse(name)[:-1]
+        for words in shell_commands(stage)
+        if words[0].endswith("/pip")
+        and words[1] == "install"
+        and any(w.startswith(".[") for w in words)
+    ]
+    assert project_installs, f"{name} does not install the project"
+    for words in project_installs:
+        assert "--constraint=constraints.txt" in words, f"{name}: {shlex.join(words)}"
+
+
+@pytest.mark.parametrize("name", SERVING)
+def test_serving_images_drop_the_other_roles_console_scripts(name: str) -> None:
+    role = SERVING[name][0]
+    removed = {
+        word.removeprefix("/opt/venv/bin/")
+        for stage in parse(name)[:-1]
+        for words in shell_commands(stage)
+        if words[0] == "rm"
+        for word in words[1:]
+    }
+    scripts = set(PYPROJECT["project"]["scripts"])
+    kept = scripts - removed
+    assert kept == {f"imagesearch-{role}"}, f"{name} keeps {kept}"
+    [entry] = [PYPROJECT["project"]["scripts"][script] for script in kept]
+    assert entry.split(".")[0] in PACKAGES[name]
+
+
+def test_constraints_pin_every_requirement_of_every_extra() -> None:
+    """constraints.txt (make lock) holds one exact version of each requirement that the
+    images, CI or `make setup` install, and that version satisfies pyproject.toml."""
+    pins: dict[str, Version] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            pinned = Requirement(line)
+            [spec] = pinned.specifier
+            assert spec.operator == "==", line
+            pins[canonical(pinned.name)] = Version(spec.version)
+    project = PYPROJECT["project"]
+    declared = [*project["dependencies"]]
+    for extra in (*makefile_extras(), "bench"):
+        declared += project["optional-dependencies"][extra]
+    for requirement in map(Requirement, declared):
+        name = canonical(requirement.name)
+        assert name in pins, f"constraints.txt does not pin {name}: run make lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name} {pins[name]}, outside {requirement}: run make lock"
+        )
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()

@@ -21,6 +21,10 @@ from extractor_service.export.__main__ import main
 from extractor_service.export.onnx_export import export_model
 from extractor_service.manifest import load_manifest, make_version, sha256_file, verify_checksum
 
+# Every test here runs torch (an export, a state dict, a model forward): left out of
+# `make test-fast`, run by `make test`.
+pytestmark = pytest.mark.slow
+
 # The contract with torchvision's vgg16-397923af.pth: exactly these keys with these shapes.
 TORCHVISION_VGG16 = {
     "features.0.weight": (64, 3, 3, 3),
@@ -148,7 +152,6 @@ def test_random_weights_are_reproducible_and_recorded(vgg16_random):
     assert vgg16.random_vgg16(seed=1).weights_sha256 != again.weights_sha256
 
 
-@pytest.mark.slow
 def test_vgg16_loads_a_local_checkpoint(tmp_path, vgg16_random):
     path = tmp_path / "vgg16-local.pth"
     torch.save(vgg16_random.module.vgg.state_dict(), path)
@@ -205,7 +208,6 @@ def test_cli_offline_without_a_path_exits_with_one_line(tmp_path, monkeypatch, c
 # --- ONNX export ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_vgg16_onnx_fc7_equals_torch(vgg16_export, vgg16_random):
     out, manifest = vgg16_export
     images = _images(manifest.mean, manifest.std)
@@ -222,7 +224,6 @@ def test_vgg16_onnx_fc7_equals_torch(vgg16_export, vgg16_random):
     assert rest == [3, 224, 224]
 
 
-@pytest.mark.slow
 def test_vgg16_export_writes_a_verified_self_contained_directory(vgg16_export, vgg16_random):
     out, manifest = vgg16_export
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
@@ -240,7 +241,6 @@ def test_vgg16_export_writes_a_verified_self_contained_directory(vgg16_export, v
     assert 530e6 < (out / "model.onnx").stat().st_size < 545e6
 
 
-@pytest.mark.slow
 def test_cli_skips_an_export_that_is_already_current(vgg16_export, capsys):
     out, _ = vgg16_export
     before = (out / "model.onnx").stat().st_mtime_ns

@@ -8,48 +8,39 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from devenv.stack import ExtractorStub, Stack
 from extractor_service.app import ExtractorApp
 from extractor_service.manifest import load_manifest
 from extractor_service.preprocess import PreprocessConfig, preprocess
 from extractor_service.runtime import ModelLoadError, OnnxModel
 from extractor_service.settings import ExtractorSettings
-from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
+from imagesearch.extractor.v1 import extractor_pb2
 from tests import photos
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
-Stub: TypeAlias = "extractor_pb2_grpc.ExtractorServiceAsyncStub"  # a name of the .pyi only
+Stub = ExtractorStub
 StartExtractor = Callable[..., Awaitable[tuple[ExtractorApp, Stub]]]
 
 
 @pytest.fixture
 async def start_extractor(lite0_model_dir: Path) -> AsyncIterator[StartExtractor]:
     """Starts ExtractorApps on port 0 with settings overrides; stops them after the test."""
-    started: list[tuple[ExtractorApp, grpc.aio.Channel]] = []
+    async with Stack() as stack:
 
-    async def start(**overrides: Any) -> tuple[ExtractorApp, Stub]:
-        settings = ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0.5, **overrides)
-        app = ExtractorApp(settings)
-        server = await app.start()
-        await app.wait_ready()
-        channel = grpc.aio.insecure_channel(
-            f"127.0.0.1:{server.port}",
-            options=[("grpc.max_send_message_length", 256 * 1024 * 1024)],
-        )
-        started.append((app, channel))
-        return app, extractor_pb2_grpc.ExtractorServiceStub(channel)
+        async def start(**overrides: Any) -> tuple[ExtractorApp, Stub]:
+            app = await stack.extractor(lite0_model_dir, **({"grace_period_s": 0.5} | overrides))
+            large = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            return app, stack.extractor_stub(app, large)
 
-    yield start
-    for app, channel in started:
-        await channel.close(None)
-        await app.stop()
+        yield start
 
 
 @pytest.fixture

@@ -4,49 +4,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-import grpc
 import pytest
 
-from extractor_service.app import ExtractorApp
-from extractor_service.settings import ExtractorSettings
-from imagesearch.search.v1 import search_pb2_grpc
+from devenv.stack import SearchStub, Stack, address
 from search_service.app import SearchApp
-from search_service.settings import SearchSettings
 
-Stub: TypeAlias = "search_pb2_grpc.SearchServiceAsyncStub"  # a name of the .pyi only
+Stub = SearchStub
 StartSearch = Callable[..., Awaitable[tuple[SearchApp, Stub]]]
 
 
 @pytest.fixture
 async def extractor_address(lite0_model_dir: Path) -> AsyncIterator[str]:
-    app = ExtractorApp(ExtractorSettings(model_dir=lite0_model_dir, grace_period_s=0))
-    server = await app.start()
-    await app.wait_ready()
-    yield f"127.0.0.1:{server.port}"
-    await app.stop()
+    async with Stack() as stack:
+        yield address(await stack.extractor(lite0_model_dir))
 
 
 @pytest.fixture
 async def start_search(database_url: str) -> AsyncIterator[StartSearch]:
     """Starts SearchApps on port 0 against the test's database, with overrides."""
-    started: list[tuple[SearchApp, grpc.aio.Channel]] = []
+    async with Stack() as stack:
 
-    async def start(**overrides: Any) -> tuple[SearchApp, Stub]:
-        defaults: dict[str, Any] = {"database_url": database_url, "grace_period_s": 0}
-        settings = SearchSettings(**(defaults | overrides))
-        app = SearchApp(settings)
-        server = await app.start()
-        await app.wait_ready()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        started.append((app, channel))
-        return app, search_pb2_grpc.SearchServiceStub(channel)
+        async def start(**overrides: Any) -> tuple[SearchApp, Stub]:
+            app = await stack.search(database_url, **overrides)
+            return app, stack.search_stub(app)
 
-    yield start
-    for app, channel in started:
-        await channel.close(None)
-        await app.stop()
+        yield start
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import cnn_like_vectors
-from evaluation.photos import center_crop, decode, encode, offset_crop, rescale
+from devenv.photos import center_crop, decode, encode, flipped, rescale
+from devenv.synthetic import cnn_like_vectors
 from extractor_service.preprocess import PreprocessConfig, preprocess
 from extractor_service.runtime import OnnxModel
 from search_service.projection import fit_projection
@@ -66,9 +66,9 @@ def lite0_vectors(lite0_model_dir: Path) -> np.ndarray:
         for edit in (
             lambda i: i,
             lambda i: center_crop(i, 0.7),
-            lambda i: offset_crop(i, 0.8),
+            lambda i: center_crop(i, 0.85),
             lambda i: rescale(i, 0.5),
-            photos.flipped,
+            flipped,
         ):
             views.append(preprocess(encode(edit(image), quality=70), config, item=name))
     embedded = model.run(np.stack(views))

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import cnn_like_vectors
+from devenv.synthetic import cnn_like_vectors
 from imagesearch.search.v1 import search_pb2
 from search_service.domain import Query
 from search_service.ranking import Work

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import numpy as np
 
-from benchmarks.synthetic import cnn_like_vectors
+from devenv.synthetic import cnn_like_vectors
 from imagesearch.search.v1 import search_pb2
 from search_service import schema
 from search_service.projection import fit_projection

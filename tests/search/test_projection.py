@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks.synthetic import cnn_like_vectors, iter_cnn_like_vectors
+from devenv.synthetic import cnn_like_vectors, iter_cnn_like_vectors
 from search_service import projection
 from search_service.projection import Projection, default_lists, fit_projection
 
