@@ -109,12 +109,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         async def write(
             name: str, items: Sequence[search_pb2.IngestItem]
         ) -> list[search_pb2.IngestResult]:
-            collection = await _collection(backend.store, name)
             # A batch that a dependency failed (the database went away, the extractor
             # is busy) is answered item by item, retryable: the batches after it,
-            # perhaps written already, keep their answers. A bad request still ends
-            # the stream.
+            # perhaps written already, keep their answers. A bad request (a collection
+            # that does not exist) still ends the stream.
             try:
+                collection = await _collection(backend.store, name)
                 return await backend.ingester.ingest(collection, items, self._timeout(context))
             except _TRANSIENT as error:
                 return [_failed(item.key, error) for item in items]
