@@ -47,7 +47,7 @@ from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service.db import init_connection
 from search_service.domain import Collection, Hit, ModelKey, NewImage, Query
 from search_service.projection import Projection
-from search_service.ranking import Probe, Ranker, Work
+from search_service.ranking import Ranker, Work
 from search_service.refit import Refitter
 from search_service.schema import migrate
 from search_service.settings import SearchSettings
@@ -674,7 +674,7 @@ async def main_async(options: argparse.Namespace) -> None:
             ranker=Ranker(
                 store,
                 parallelism=settings.rerank_parallelism,
-                seed=Probe(settings.default_probes, settings.default_candidates),
+                seed_probes=settings.default_probes,
             ),
             vectors=vector_pool,
             stub=search_pb2_grpc.SearchServiceStub(channel),

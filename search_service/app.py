@@ -13,7 +13,7 @@ from search_service import sql
 from search_service.db import init_connection
 from search_service.extractor_client import ExtractorClient
 from search_service.ingest import Ingester
-from search_service.ranking import Probe, Ranker
+from search_service.ranking import Ranker
 from search_service.refit import AutoFit, Refitter
 from search_service.schema import migrate
 from search_service.servicer import Backend, SearchServicer
@@ -118,7 +118,7 @@ class SearchApp(App):
         ranker = Ranker(
             store,
             parallelism=min(settings.rerank_parallelism, settings.pool_max_size),
-            seed=Probe(settings.default_probes, settings.default_candidates),
+            seed_probes=settings.default_probes,
         )
         self.backend = Backend(
             store=store,

@@ -20,6 +20,7 @@ from search_service.domain import Collection, Hit, Query
 from search_service.projection import ProjectionVersion
 from search_service.store import Store
 from search_service.vectors import cutoff, merge, nearest
+from service_core.errors import NotFound, Unavailable
 
 # Slack on the lower bound for float64 rounding: cube_distance and the exact distance
 # are both float64 on unit vectors, each within ~1e-15 of the real value.
@@ -28,10 +29,15 @@ BOUND_MARGIN = 1e-9
 # ``parallelism`` parts at a time, so that reads from disk overlap.
 MAX_PART = 500
 MIN_PART = 25
+# EXACT seeds its k-th best distance with this many of FAST's candidates per hit.
+SEED_FACTOR = 2
+MIN_SEEDS = 32
 # EXACT's walk re-ranks this many rows of the bound order per step at first, doubling
-# per step: most queries end in the first step, and long walks take few round trips.
-FIRST_STEP = 256
+# per step: short walks read little more than they need, long ones take few round trips.
+FIRST_STEP = 64
 MAX_STEP = 8192
+# Refits a search may see replace its version before it gives up with UNAVAILABLE.
+_STALE_ATTEMPTS = 3
 
 
 @dataclass
@@ -43,42 +49,51 @@ class Work:
     within_bound: int = 0
 
 
-@dataclass(frozen=True)
-class Probe:
-    """How FAST gathers its candidates."""
-
-    probes: int
-    candidates: int
-
-
 class Ranker:
     """Ranks a collection's images against a query, EXACT or FAST."""
 
-    def __init__(self, store: Store, *, parallelism: int, seed: Probe) -> None:
+    def __init__(self, store: Store, *, parallelism: int, seed_probes: int) -> None:
         self._store = store
         self._parallelism = parallelism
-        # EXACT's first step: FAST's candidates give a k-th best distance that prunes.
-        self._seed = seed
+        # EXACT's first step: FAST's nearest candidates give a k-th best distance.
+        self._seed_probes = seed_probes
 
     async def exact(
         self, collection: Collection, query: Query, work: Work | None = None
     ) -> list[Hit]:
         """The exact nearest hits: those of a brute-force scan, in the same order."""
         work = work or Work()
+        for _ in range(_STALE_ATTEMPTS):
+            hits = await self._exact(collection, query, work)
+            if hits is not None:
+                return hits
+            # A refit retired the version this search started on: rank on the new one.
+            collection = await self._store.collection(collection.name)
+        raise Unavailable(f"the projection of {collection.name!r} is being replaced; retry")
+
+    async def _exact(self, collection: Collection, query: Query, work: Work) -> list[Hit] | None:
+        """EXACT on the collection's serving version; None if that version was retired."""
         version = collection.serving_version
-        fitted = await self._store.version(collection, version) if version else None
-        if fitted is None or not fitted.bounded:
+        if not version:
+            return await self._scan_all(collection, query, work)
+        try:
+            fitted = await self._store.version(collection, version)
+        except NotFound:
+            return None
+        if not fitted.bounded:
             return await self._scan_all(collection, query, work)
         cube = await asyncio.to_thread(fitted.cubes, query.vector)
-        candidates = max(self._seed.candidates, query.keep)
-        best, seen = await self._fast(
-            collection, fitted, cube, query, self._seed.probes, candidates
-        )
+        # A few of FAST's candidates are enough for a k-th best distance to bound the
+        # scan with; the walk in bound order re-ranks what else can place.
+        seeds = max(MIN_SEEDS, SEED_FACTOR * query.keep)
+        best, seen = await self._fast(collection, fitted, cube, query, self._seed_probes, seeds)
         work.reranked += len(seen)
         threshold = cutoff(best, query.keep, query.max_distance)
         rows = await self._store.within_bound(
             collection, fitted.version, cube, threshold + BOUND_MARGIN, query.metadata_filter
         )
+        if rows is None:
+            return None
         work.within_bound += len(rows)
         pending = [(r["image_id"], r["bound"]) for r in rows if r["image_id"] not in seen]
         step, start = FIRST_STEP, 0

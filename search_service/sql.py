@@ -114,6 +114,8 @@ WHERE collection_id = $1 AND state IN ('building', 'ready')
 ORDER BY version
 """
 
+PROJECTION_STATE = "SELECT state FROM projections WHERE collection_id = $1 AND version = $2"
+
 PROJECTION_MODEL = """
 SELECT model, bounded FROM projections WHERE collection_id = $1 AND version = $2
 """

@@ -289,8 +289,12 @@ class Store:
         cube: npt.NDArray[np.float64],
         threshold: float,
         metadata_filter: dict[str, Any] | None,
-    ) -> list[Record]:
-        """(image_id, bound) of every row whose lower bound is <= ``threshold``, nearest first."""
+    ) -> list[Record] | None:
+        """(image_id, bound) of every row whose lower bound is <= ``threshold``, nearest first.
+
+        None when the version has been retired: its rows may be going, so the scan could
+        miss some, and the caller ranks again on the version now serving.
+        """
         statement, extra = sql.BOUND_SCAN, []
         if metadata_filter is not None:
             statement, extra = sql.BOUND_SCAN_FILTERED, [metadata_filter]
@@ -298,8 +302,13 @@ class Store:
         async with (
             database_errors(),
             self.pool.acquire() as connection,
-            connection.transaction(readonly=True),
+            # One snapshot: the state read is the state of the rows scanned (a fit retires
+            # a version before it deletes the version's rows).
+            connection.transaction(readonly=True, isolation="repeatable_read"),
         ):
+            state = await connection.fetchval(sql.PROJECTION_STATE, collection.id, version)
+            if state != "ready":
+                return None
             await connection.execute(sql.PARALLEL_SCAN)
             return await connection.fetch(statement, *args)
 

@@ -261,3 +261,18 @@ async def test_collections_per_database_are_bounded(start_search: StartSearch) -
     assert "SEARCH_MAX_COLLECTIONS" in (caught.value.details() or "")
     await stub.DeleteCollection(search_pb2.DeleteCollectionRequest(name="a"))
     await stub.CreateCollection(search_pb2.CreateCollectionRequest(name="c"))
+
+
+async def test_exact_started_on_a_retired_version_ranks_on_the_new_one(
+    start_search: StartSearch,
+) -> None:
+    matrix = _clustered(1200, 10)
+    app, stub = await _fitted(start_search, matrix, dimensions=16)
+    assert app.backend is not None
+    stale = await app.backend.store.collection("")  # serving version 1
+    await stub.RefitProjection(search_pb2.RefitProjectionRequest(dimensions=16))
+    fresh = await app.backend.store.collection("")
+    assert fresh.serving_version != stale.serving_version
+    for query in (matrix[4], matrix[900] + 0.02):
+        hits = await app.backend.ranker.exact(stale, Query(vector=unit(query), limit=10))
+        assert [h.key for h in hits] == _brute_force(matrix, query)[0][:10]
