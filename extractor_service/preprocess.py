@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +100,33 @@ class PreprocessConfig:
             raise ValueError("max_pixels must be positive")
 
 
-def preprocess(data: bytes, config: PreprocessConfig, *, item: str) -> npt.NDArray[np.float32]:
+class PixelBudget:
+    """The pixels one request may decode, shared by its decode threads.
+
+    Decoding costs time in proportion to pixels (a 6320x6320 PNG, 114 kB on the wire,
+    takes most of a CPU-second): without a budget, a single request of large images
+    would hold every decode thread for seconds. Images past it are refused one by one.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.left = pixels
+        self.total = pixels
+        self._lock = threading.Lock()
+
+    def take(self, size: tuple[int, int], item: str) -> None:
+        pixels = size[0] * size[1]
+        with self._lock:
+            if pixels > self.left:
+                raise ResourceExhausted(
+                    f"image {item!r}: its {size[0]}x{size[1]} pixels would pass the "
+                    f"{self.total} one request may decode; send it in another request"
+                )
+            self.left -= pixels
+
+
+def preprocess(
+    data: bytes, config: PreprocessConfig, *, item: str, budget: PixelBudget | None = None
+) -> npt.NDArray[np.float32]:
     """Decode one image and return it as float32 (3, input_size, input_size), CHW."""
     if not data:
         raise InvalidArgument(f"image {item!r}: empty (0 bytes)")
@@ -111,6 +138,10 @@ def preprocess(data: bytes, config: PreprocessConfig, *, item: str) -> npt.NDArr
     try:
         image = factory(io.BytesIO(data))
         _check_size(image.size, config.max_pixels, item)
+        if fmt == "JPEG":
+            _check_jpeg_length(data, item)
+        if budget is not None:
+            budget.take(_decoded_size(image, config), item)
         box = _load_upright(image, config)
         upright = _to_rgb_or_grey(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -147,6 +178,63 @@ def _webp_size(data: bytes) -> tuple[int, int]:
         )
     # Anything else libwebp rejects before allocating; Pillow reports it as corrupt.
     return 1, 1
+
+
+# Start-of-frame markers of Huffman-coded JPEGs: baseline, extended, progressive.
+# (Arithmetic coding, SOF9 and up, can spend less than a bit on a block.)
+_HUFFMAN_SOF = {0xC0: 2, 0xC1: 2, 0xC2: 1}
+
+
+def _check_jpeg_length(data: bytes, item: str) -> None:
+    """Refuses a JPEG too short to hold the picture its header declares.
+
+    libjpeg fills whatever the data does not cover with grey and only warns, and
+    Pillow passes no warning on: a header saying 6000x6000 over 768x576 of data
+    would decode as a grey picture. A Huffman-coded block costs at least two bits
+    in a sequential scan (its DC code and end-of-block) and one in a progressive
+    file's DC scan, so fewer bits than that are a truncated (or forged) file.
+    """
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return  # not a marker where one must be: left to the decoder to refuse
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # start of scan: no frame header seen
+            return
+        if marker in _HUFFMAN_SOF and at + 10 <= len(data):
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            count = data[at + 9]
+            sampling = data[at + 11 : at + 11 + 3 * count : 3]
+            if len(sampling) != count or not count or not width or not height:
+                return
+            h_max = max(s >> 4 for s in sampling) or 1
+            v_max = max(s & 15 for s in sampling) or 1
+            mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+            blocks = mcus * sum((s >> 4) * (s & 15) for s in sampling)
+            if len(data) * 8 < blocks * _HUFFMAN_SOF[marker]:
+                raise InvalidArgument(
+                    f"image {item!r}: {len(data)} bytes cannot hold the {width}x{height} "
+                    "picture the header declares: truncated or corrupt JPEG file"
+                )
+            return
+        at += 2 + length
+
+
+def _decoded_size(image: ImageFile.ImageFile, config: PreprocessConfig) -> tuple[int, int]:
+    """The pixels decoding will produce: a JPEG decodes at a reduced scale (draft)."""
+    width, height = image.size
+    if isinstance(image, JpegImagePlugin.JpegImageFile):
+        floor = math.ceil(config.resize_size * _DRAFT_HEADROOM)
+        scale = 1
+        while scale < 8 and min(width, height) // (scale * 2) >= floor:
+            scale *= 2
+        return math.ceil(width / scale), math.ceil(height / scale)
+    return width, height
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, item: str) -> None:

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from extractor_service.batcher import Admission, Batcher, Tensor
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import PixelBudget, PreprocessConfig, preprocess
 from extractor_service.runtime import OnnxModel
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
@@ -69,9 +69,10 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         self._admission.try_admit(count)
         try:
             deadline = _deadline(context)
+            budget = PixelBudget(self._settings.max_request_pixels)
             results = await asyncio.gather(
                 *(
-                    self._embed_one(engine, image, index, request.normalize, deadline)
+                    self._embed_one(engine, image, index, request.normalize, deadline, budget)
                     for index, image in enumerate(request.images)
                 )
             )
@@ -152,10 +153,13 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         index: int,
         normalize: bool,
         deadline: float | None,
+        budget: PixelBudget | None = None,
     ) -> extractor_pb2.EmbedResult:
         item = image.id or f"#{index}"
         loop = asyncio.get_running_loop()
-        decode = functools.partial(preprocess, image.data, engine.preprocess, item=item)
+        decode = functools.partial(
+            preprocess, image.data, engine.preprocess, item=item, budget=budget
+        )
         try:
             tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:

@@ -27,6 +27,11 @@ class ExtractorSettings(ServerSettings):
     max_queue_images: int = setting(256, "images waiting beyond this get RESOURCE_EXHAUSTED")
     max_request_images: int = setting(64, "most images in one Embed request")
     max_image_pixels: int = setting(40_000_000, "largest decoded image, width x height")
+    max_request_pixels: int = setting(
+        160_000_000,
+        "pixels one Embed request may decode (JPEGs count at their reduced decode size); "
+        "images past it get RESOURCE_EXHAUSTED",
+    )
     preprocess_workers: int = setting(0, "threads decoding images; 0 uses every CPU")
 
     def __post_init__(self) -> None:
@@ -36,6 +41,7 @@ class ExtractorSettings(ServerSettings):
             "max_queue_images": self.max_queue_images,
             "max_request_images": self.max_request_images,
             "max_image_pixels": self.max_image_pixels,
+            "max_request_pixels": self.max_request_pixels,
         }
         for name, value in positive.items():
             if value < 1:

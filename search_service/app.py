@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from search_service import sql
 from search_service.db import init_connection
 from search_service.extractor_client import ExtractorClient
 from search_service.ingest import Ingester
@@ -51,6 +52,7 @@ class SearchApp(App):
         self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
         self.backend: Backend | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def services(self) -> Sequence[Service]:
         return [
@@ -82,6 +84,8 @@ class SearchApp(App):
                 delay = min(delay * 2, 10.0)
         async with self.pool.acquire() as connection:
             await migrate(connection)
+            stored_key: bytes = await connection.fetchval(sql.SIGNING_KEY)
+        page_token_key = settings.page_token_secret.encode() or stored_key
         store = Store(self.pool)
         refitter = Refitter(
             store,
@@ -105,6 +109,8 @@ class SearchApp(App):
         extractor = ExtractorClient(
             settings.extractor_address,
             max_message_bytes=settings.max_message_bytes,
+            keepalive_time_s=settings.keepalive_time_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
             tls=tls,
             server_name=settings.extractor_tls_server_name,
             token=token,
@@ -119,15 +125,47 @@ class SearchApp(App):
             extractor=extractor,
             refitter=refitter,
             ranker=ranker,
-            ingester=Ingester(store, extractor, written=autofit.notice),
+            ingester=Ingester(
+                store,
+                extractor,
+                written=autofit.notice,
+                max_metadata_bytes=settings.max_metadata_bytes,
+            ),
             autofit=autofit,
+            page_token_key=page_token_key,
         )
         self.servicer.serve(self.backend)
         # A collection may be due a fit already: grown while no replica ran, or fitted
         # before lower bounds (schema 0001).
         await autofit.check_all()
+        self._watch = asyncio.create_task(self._watch_database(self.pool))
+
+    async def _watch_database(self, pool: asyncpg.Pool) -> None:
+        """Readiness follows the database: NOT_SERVING while it does not answer.
+
+        Only readiness: the liveness service stays SERVING, so an outage takes the
+        pod out of rotation instead of restarting it (a restart cannot help).
+        """
+        interval = self.settings.database_check_s
+        reachable = True
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(interval):
+                    await pool.fetchval(sql.PING)
+                answered = True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                answered = False
+            if answered != reachable and self.server is not None:
+                reachable = answered
+                level = logging.INFO if answered else logging.WARNING
+                log.log(level, "database %s", "reachable" if answered else "unreachable")
+                await self.server.set_serving(answered)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         if self.backend is not None:
             await self.backend.autofit.close()
             await self.backend.extractor.close()

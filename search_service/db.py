@@ -25,6 +25,9 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # What releasing a connection raises when the server died under a query: the
+    # reset finds the protocol still mid-operation (seen on kill -9 of PostgreSQL).
+    asyncpg.InternalClientError,
 )
 
 

@@ -52,8 +52,10 @@ class Ingester:
         extractor: ExtractorClient,
         *,
         written: Callable[[Collection], None],
+        max_metadata_bytes: int = 32 * 1024,
     ) -> None:
         self._store = store
+        self._max_metadata_bytes = max_metadata_bytes
         self._extractor = extractor
         # Told after each write that stored new vectors: the projection may need a fit.
         self._written = written
@@ -63,7 +65,10 @@ class Ingester:
     ) -> list[search_pb2.IngestResult]:
         """Writes the valid items in one transaction; the others are answered FAILED."""
         store = self._store
-        items = [parse(index, message) for index, message in enumerate(messages)]
+        items = [
+            parse(index, message, max_metadata_bytes=self._max_metadata_bytes)
+            for index, message in enumerate(messages)
+        ]
         existing = await store.existing(collection, [i.key for i in items if i.pending])
         updates: list[tuple[str, dict[str, Any]]] = []
         for item in items:
@@ -119,12 +124,19 @@ class Ingester:
         return [i.result for i in items]
 
 
-def parse(index: int, message: search_pb2.IngestItem) -> _Item:
-    """An item with its image or vector, or already FAILED with the reason."""
-    item = _Item(index, message.key, convert.struct_to_dict(message.metadata))
+def parse(index: int, message: search_pb2.IngestItem, *, max_metadata_bytes: int) -> _Item:
+    """An item with its image or vector, or already FAILED with the reason.
+
+    Everything PostgreSQL would refuse (a key past the index's byte limit, NUL in
+    jsonb, NaN) is refused here, per item, so that the other items are stored.
+    """
+    item = _Item(index, message.key, {})
     item.result.key = message.key
     try:
         convert.check_key(message.key, f"items[{index}].key")
+        item.metadata = convert.struct_value(
+            message.metadata, f"item {message.key!r} metadata", max_bytes=max_metadata_bytes
+        )
         source = message.WhichOneof("source")
         if source == "image":
             if not message.image:

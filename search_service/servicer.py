@@ -23,7 +23,16 @@ from search_service.settings import SearchSettings
 from search_service.store import Store
 from search_service.stream import ingest_stream
 from search_service.vectors import unit
-from service_core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from service_core.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    error_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_DELETE_KEYS = 10_000
 MAX_CANDIDATES = 100_000
 MAX_OFFSET = 100_000
+_TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted, Internal)
+# Room a SearchResponse keeps under the message limit for its own fields.
+_RESPONSE_FRAMING = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Backend:
     ranker: Ranker
     ingester: Ingester
     autofit: AutoFit
+    page_token_key: bytes  # signs page tokens; shared by every replica
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -82,7 +95,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     "keys must be distinct within one request"
                 )
             seen[item.key] = index
-        collection = await backend.store.collection(request.collection)
+        collection = await _collection(backend.store, request.collection)
         results = await backend.ingester.ingest(collection, request.items, self._timeout(context))
         return search_pb2.IngestResponse(results=results)
 
@@ -96,8 +109,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         async def write(
             name: str, items: Sequence[search_pb2.IngestItem]
         ) -> list[search_pb2.IngestResult]:
-            collection = await backend.store.collection(name)
-            return await backend.ingester.ingest(collection, items, self._timeout(context))
+            # A batch that a dependency failed (the database went away, the extractor
+            # is busy) is answered item by item, retryable: the batches after it,
+            # perhaps written already, keep their answers. A bad request (a collection
+            # that does not exist) still ends the stream.
+            try:
+                collection = await _collection(backend.store, name)
+                return await backend.ingester.ingest(collection, items, self._timeout(context))
+            except _TRANSIENT as error:
+                return [_failed(item.key, error) for item in items]
 
         async for response in ingest_stream(
             request_iterator,
@@ -125,15 +145,18 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     f"max_distance: must be a finite number >= 0, got {max_distance}"
                 )
         offset, token_mode, token_version = 0, 0, 0
+        binding = convert.query_binding(request)
         if request.page_token:
-            offset, token_mode, token_version = convert.decode_page_token(request.page_token)
+            offset, token_mode, token_version = convert.decode_page_token(
+                request.page_token, key=backend.page_token_key, binding=binding
+            )
         if offset > MAX_OFFSET:
             raise InvalidArgument(f"page_token: pages end at {MAX_OFFSET} hits")
         metadata_filter = (
-            convert.struct_to_dict(request.filter) if request.HasField("filter") else None
+            convert.struct_value(request.filter, "filter") if request.HasField("filter") else None
         )
 
-        collection = await backend.store.collection(request.collection)
+        collection = await _collection(backend.store, request.collection)
         vector, exclude = await self._query(backend, collection, request, context)
         response = search_pb2.SearchResponse()
         if vector is None:  # nothing stored yet, so nothing to rank
@@ -177,9 +200,30 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
         response.mode = mode
         response.projection_version = version
-        response.hits.extend(_hit(h, offset + rank + 1) for rank, h in enumerate(hits[:top_k]))
-        if len(hits) > top_k:
-            response.next_page_token = convert.encode_page_token(offset + top_k, mode, version)
+        room = settings.max_message_bytes - _RESPONSE_FRAMING
+        more = len(hits) > top_k
+        for rank, found in enumerate(hits[:top_k]):
+            hit = _hit(found, offset + rank + 1)
+            room -= hit.ByteSize() + 8  # its tag and length
+            if room < 0:
+                # Hits of records stored before metadata was bounded: a shorter page,
+                # and the next one starts at the first hit that did not fit.
+                if not response.hits:
+                    raise ResourceExhausted(
+                        f"hit {found.key!r} alone is over the {settings.max_message_bytes}"
+                        "-byte message limit (its metadata); it cannot be returned"
+                    )
+                more = True
+                break
+            response.hits.append(hit)
+        if more:
+            response.next_page_token = convert.encode_page_token(
+                offset + len(response.hits),
+                mode,
+                version,
+                key=backend.page_token_key,
+                binding=binding,
+            )
         return response
 
     async def _query(
@@ -197,20 +241,24 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if kind == "key":
             convert.check_key(request.key, "key")
             return unit(await store.embedding(collection, request.key)), request.key
-        if collection.model is None:
-            if kind == "vector":
-                convert.vector(request.vector.values, len(request.vector.values) or 1, "vector")
-            return None, None
         if kind == "vector":
-            values = convert.vector(request.vector.values, collection.model.dimension, "vector")
-            return unit(values), None
+            dimension = collection.model.dimension if collection.model else None
+            values = convert.vector(
+                request.vector.values, dimension or len(request.vector.values) or 1, "vector"
+            )
+            return (unit(values) if collection.model else None), None
         if not request.image:
             raise InvalidArgument("image: the image is empty")
+        # Decoded even when the collection is empty: a bad image is refused either way.
         model, [outcome] = await extractor.embed(
             [("query", request.image)], timeout_s=self._timeout(context)
         )
         if outcome.vector is None:
-            raise InvalidArgument(f"image: {outcome.error_message}")
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            code = next((c for c in grpc.StatusCode if c.value[0] == outcome.error_code), code)
+            raise error_for(code, f"image: {outcome.error_message}")
+        if collection.model is None:
+            return None, None
         if model != collection.model:
             raise FailedPrecondition(
                 f"the extractor serves {model.describe()}, but collection {collection.name!r} "
@@ -225,7 +273,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.GetImageResponse:
         store = self._ready().store
         convert.check_key(request.key, "key")
-        collection = await store.collection(request.collection)
+        collection = await _collection(store, request.collection)
         stored = await store.image(collection, request.key)
         image = search_pb2.StoredImage(
             key=stored.key,
@@ -245,7 +293,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         store = self._ready().store
         if not 1 <= len(request.keys) <= MAX_DELETE_KEYS:
             raise InvalidArgument(f"keys: send 1 to {MAX_DELETE_KEYS} keys")
-        collection = await store.collection(request.collection)
+        for index, key in enumerate(request.keys):
+            convert.check_key(key, f"keys[{index}]")
+        collection = await _collection(store, request.collection)
         deleted = await store.delete(collection, request.keys)
         missing = [k for k in dict.fromkeys(request.keys) if k not in deleted]
         return search_pb2.DeleteImagesResponse(deleted_count=len(deleted), missing_keys=missing)
@@ -276,6 +326,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         store = self._ready().store
         if not request.name:
             raise InvalidArgument("name: the collection to delete is required")
+        convert.check_collection_name(request.name, "name")
         return search_pb2.DeleteCollectionResponse(
             deleted_images=await store.delete_collection(request.name)
         )
@@ -284,7 +335,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.GetCollectionStatsRequest, context: Context
     ) -> search_pb2.GetCollectionStatsResponse:
         store = self._ready().store
-        collection = await store.collection(request.collection)
+        collection = await _collection(store, request.collection)
         return search_pb2.GetCollectionStatsResponse(
             collection=await self._stats(store, collection)
         )
@@ -299,7 +350,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 f"dimensions: {request.dimensions} is above {MAX_BOUNDED_DIMENSIONS} (a cube "
                 "holds at most 100: the coordinates and the residual's norm)"
             )
-        collection = await store.collection(request.collection)
+        collection = await _collection(store, request.collection)
         info = await refitter.refit(collection, dimensions=request.dimensions, lists=request.lists)
         fresh = await store.collection(collection.name)
         live = [p for p in await store.projections(fresh) if p.version <= info.version]
@@ -320,4 +371,17 @@ def _hit(hit: Hit, rank: int) -> search_pb2.SearchHit:
         distance=hit.distance,
         similarity=convert.similarity(hit.distance),
         metadata=convert.dict_to_struct(hit.metadata),
+    )
+
+
+async def _collection(store: Store, name: str) -> Collection:
+    """The named collection; a name that could never exist is INVALID_ARGUMENT."""
+    return await store.collection(convert.check_collection_name(name))
+
+
+def _failed(key: str, error: ServiceError) -> search_pb2.IngestResult:
+    return search_pb2.IngestResult(
+        key=key,
+        status=search_pb2.INGEST_STATUS_FAILED,
+        error=search_pb2.ItemError(code=error.code.value[0], message=error.message),
     )

@@ -35,10 +35,23 @@ class SearchSettings(ServerSettings):
     pool_min_size: int = setting(1, "connections the pool keeps open")
     pool_max_size: int = setting(10, "most connections the pool opens")
     pool_close_timeout_s: float = setting(5.0, "seconds to wait for queries on shutdown")
+    database_check_s: float = setting(
+        2.0, "how often readiness asks the database; unanswered this long is NOT_SERVING"
+    )
     extractor_timeout_s: float = setting(
         60.0, "longest wait for the extractor when the caller set no deadline"
     )
     max_ingest_items: int = setting(256, "most items in one Ingest request")
+    max_metadata_bytes: int = setting(
+        32 * 1024,
+        "largest metadata object of one item, as JSON bytes; keeps a page of max_top_k "
+        "hits within the message limit",
+    )
+    page_token_secret: str = setting(
+        "",
+        "key that signs page tokens; empty uses a random key kept in the database, "
+        "shared by every replica",
+    )
     max_collections: int = setting(1000, "most collections one database may hold")
     stream_batch_items: int = setting(64, "IngestStream items written per transaction")
     ingest_concurrency: int = setting(
@@ -86,6 +99,10 @@ class SearchSettings(ServerSettings):
                 f"{self.ingest_concurrency}, {self.stream_batch_items} and "
                 f"{self.rerank_parallelism}"
             )
+        if self.max_metadata_bytes < 2:
+            raise ValueError(f"max_metadata_bytes must be >= 2, got {self.max_metadata_bytes}")
+        if self.database_check_s <= 0:
+            raise ValueError(f"database_check_s must be > 0, got {self.database_check_s}")
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ValueError("need 1 <= default_top_k <= max_top_k")
         if not 0 <= self.pool_min_size <= self.pool_max_size or self.pool_max_size < 1:

@@ -260,3 +260,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
 RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+# Readiness: the cheapest round trip that proves a pooled connection works.
+PING = "SELECT 1"
+
+SIGNING_KEY = "SELECT key FROM page_token_key"

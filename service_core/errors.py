@@ -58,6 +58,12 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Internal(ServiceError):
+    """A dependency failed in a way that is neither the caller's fault nor transient."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work could be done."""
 
@@ -74,3 +80,29 @@ class PermissionDenied(ServiceError):
     """The caller is known, but its role does not allow the call."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNKNOWN: Internal,
+    grpc.StatusCode.DATA_LOSS: Internal,
+}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> ServiceError:
+    """The domain error that carries a dependency's status ``code`` on to our caller.
+
+    Codes without a class here (UNIMPLEMENTED from a wrong peer, say) are reported
+    as UNAVAILABLE: the dependency cannot serve us as it stands. So are the peer's
+    UNAUTHENTICATED and PERMISSION_DENIED: they are about this service's own
+    credentials, and passed on as they are they would tell our caller that theirs
+    were refused.
+    """
+    return _BY_CODE.get(code, Unavailable)(message)

@@ -10,14 +10,55 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from service_core.errors import ServiceError
+from service_core.errors import InvalidArgument, ServiceError
 from service_core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 # A handler's behaviour: (request or request iterator, context) -> response(s).
 Behavior = Callable[..., Any]
+
+
+class Malformed:
+    """Stands in for a request message whose bytes did not parse.
+
+    grpc.aio reports a deserializer's exception as UNKNOWN on unary calls and as
+    INTERNAL with a logged traceback on streams; returning this instead lets the
+    handler wrapper answer INVALID_ARGUMENT, the truth about such a request.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        # Protobuf raises DecodeError for bad wire data, and also for nesting past
+        # its recursion limit (a Struct 100 levels deep); RecursionError and
+        # ValueError are the pure-Python parser's forms of the same.
+        except (DecodeError, RecursionError, ValueError) as error:
+            return Malformed(error)
+
+    return deserialize
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"the request is not a valid protobuf message: {request.error}")
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -43,31 +84,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         method: str = handler_call_details.method
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _safe(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), **codec
+                self._unary(handler.unary_unary, method, streamed=False), **codec
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), **codec
+                self._unary(handler.stream_unary, method, streamed=True), **codec
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method), **codec
+                self._streaming(handler.unary_stream, method, streamed=False), **codec
             )
         assert handler.stream_stream is not None  # one of the four is always set
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method), **codec
+            self._streaming(handler.stream_stream, method, streamed=True), **codec
         )
 
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+    def _unary(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
             self._metrics.started(method)
             try:
+                request = _checked_stream(request) if streamed else _checked(request)
                 response = await behavior(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -79,13 +121,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return wrapped
 
-    def _streaming(self, behavior: Behavior, method: str) -> Behavior:
+    def _streaming(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
             self._metrics.started(method)
             try:
+                request = _checked_stream(request) if streamed else _checked(request)
                 responses = behavior(request, context)
                 if inspect.isasyncgen(responses):
                     async for response in responses:
@@ -109,6 +152,8 @@ def _code_for(error: BaseException, context: grpc.aio.ServicerContext[Any, Any])
         return code or grpc.StatusCode.UNKNOWN
     if isinstance(error, ServiceError):
         return error.code
+    if _unimplemented(error, context):
+        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(error, Exception):
         return grpc.StatusCode.INTERNAL
     return grpc.StatusCode.CANCELLED  # CancelledError, GeneratorExit, KeyboardInterrupt
@@ -123,6 +168,10 @@ async def _end_call(
         await context.abort(error.code, error.message)
     if isinstance(error, grpc.aio.AbortError) or not isinstance(error, Exception):
         raise error
+    if _unimplemented(error, context):
+        # A generated base servicer's stub (grpc.health.v1 Health/List in
+        # grpcio-health-checking) sets UNIMPLEMENTED, then raises.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     correlation_id = uuid.uuid4().hex[:16]
     log.error(
         "%s raised an unexpected error",
@@ -132,4 +181,10 @@ async def _end_call(
     )
     await context.abort(
         grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})"
+    )
+
+
+def _unimplemented(error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    return isinstance(error, NotImplementedError) and (
+        context.code() == grpc.StatusCode.UNIMPLEMENTED
     )

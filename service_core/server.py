@@ -17,6 +17,7 @@ from service_core.auth import Role, access_interceptors
 from service_core.interceptor import ErrorInterceptor
 from service_core.metrics import Metrics, MetricsEndpoint
 from service_core.settings import ServerSettings
+from service_core.shedding import Budget, SheddingInterceptor
 from service_core.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,47 @@ class Service:
     register: Callable[[grpc.aio.Server], None]
     # Method name (e.g. "Search") -> the least role that may call it; see auth.py.
     roles: Mapping[str, Role] = field(default_factory=dict)
+
+
+# The health service name a liveness probe asks for: SERVING from the moment the
+# server listens until it shuts down, whatever its dependencies do, so that a
+# database outage takes pods out of rotation (readiness) without restarting them.
+LIVENESS_SERVICE = "liveness"
+
+
+class PortInUse(RuntimeError):
+    """The address to listen on is taken (or not this host's); start-up stops."""
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def connection_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Connection life-cycle options: recycling so clients re-resolve, and keepalive.
+
+    gRPC clients re-resolve a name only when a connection drops, so without a
+    maximum age new replicas behind a DNS name never get traffic. SO_REUSEPORT
+    (gRPC's default) would let a second server share a port silently.
+    """
+    options = [
+        ("grpc.so_reuseport", 0),
+        # Clients may ping this often, even between calls, without being cut off
+        # for "too many pings" (the default allows one per five minutes).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace_s)),
+        ]
+    if settings.keepalive_time_s:
+        options += [
+            ("grpc.keepalive_time_ms", _ms(settings.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_s)),
+        ]
+    return options
 
 
 class GrpcServer:
@@ -74,11 +116,21 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     """Builds, binds and starts a server for ``services``; it reports NOT_SERVING."""
     metrics = Metrics()
     limit = settings.max_message_bytes
+    budget = Budget(
+        max_calls=settings.max_calls_in_flight, max_bytes=settings.max_request_bytes_in_flight
+    )
+    shedding = SheddingInterceptor(budget, exempt=[health.SERVICE_NAME, reflection.SERVICE_NAME])
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics), *access_interceptors(settings, services)],
+        # Callers are authenticated before they count against the shedding budget.
+        interceptors=[
+            ErrorInterceptor(metrics),
+            *access_interceptors(settings, services),
+            shedding,
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            *connection_options(settings),
         ],
     )
     for service in services:
@@ -92,10 +144,16 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
         )
     credentials = server_credentials(settings)
     address = f"{settings.host}:{settings.port}"
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:  # grpc's "Failed to bind to address ..."
+        raise PortInUse(
+            f"cannot listen on {address}: port {settings.port} is already in use "
+            f"(or {settings.host} is not an address of this host)"
+        ) from error
     endpoint = None
     if settings.metrics_port >= 0:
         endpoint = MetricsEndpoint(metrics.registry, settings.host, settings.metrics_port)
@@ -104,13 +162,14 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     if settings.health_port >= 0:
         # Kubelet gRPC probes speak plaintext only: with TLS on the main port they get a
         # port of their own that serves nothing but health.
-        probes = grpc.aio.server()
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
         bound = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
         await probes.start()
         health_only = (probes, bound)
     started = GrpcServer(server, port, health_servicer, names, endpoint, health_only)
     await started.set_serving(False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "listening",
         extra={
@@ -208,7 +267,11 @@ async def run_until_signal(app: App) -> int:
     """
     stop_signal = watch_signals()
     try:
-        await app.start()
+        try:
+            await app.start()
+        except PortInUse as error:
+            log.error("%s", error)
+            return 1
         assert app.ready_task is not None
         either: set[asyncio.Future[Any]] = {stop_signal, app.ready_task}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

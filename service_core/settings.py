@@ -24,6 +24,25 @@ class ServerSettings:
     max_message_bytes: int = setting(
         64 * 1024 * 1024, "largest request or response message in bytes"
     )
+    max_calls_in_flight: int = setting(
+        32, "calls served at once; more get RESOURCE_EXHAUSTED at once (0: no bound)"
+    )
+    max_request_bytes_in_flight: int = setting(
+        128 * 1024 * 1024,
+        "request bytes the calls in flight may hold; beyond, RESOURCE_EXHAUSTED (0: no bound)",
+    )
+    max_connection_age_s: float = setting(
+        60.0,
+        "a client connection is closed (GOAWAY) after this long so that clients "
+        "re-resolve and reach new replicas (0: never)",
+    )
+    max_connection_age_grace_s: float = setting(
+        10.0, "seconds a connection past its age gets to finish its calls"
+    )
+    keepalive_time_s: float = setting(
+        30.0, "ping an idle connection after this long, to find dead peers (0: never)"
+    )
+    keepalive_timeout_s: float = setting(10.0, "a ping unanswered this long closes the connection")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("json", "'json' (one object a line) or 'text'")
     tls_cert_file: Path | None = setting(
@@ -51,6 +70,24 @@ class ServerSettings:
             raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.max_request_bytes_in_flight and (
+            self.max_request_bytes_in_flight < self.max_message_bytes
+        ):
+            raise ValueError(
+                f"max_request_bytes_in_flight ({self.max_request_bytes_in_flight}) must be 0 or "
+                f">= max_message_bytes ({self.max_message_bytes}): a largest request could "
+                "never be served"
+            )
+        timings = {
+            "max_calls_in_flight": self.max_calls_in_flight,
+            "max_connection_age_s": self.max_connection_age_s,
+            "max_connection_age_grace_s": self.max_connection_age_grace_s,
+            "keepalive_time_s": self.keepalive_time_s,
+            "keepalive_timeout_s": self.keepalive_timeout_s,
+        }
+        for name, value in timings.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

@@ -20,6 +20,7 @@ from extractor_service.settings import ExtractorSettings
 from search_service.settings import ENV_PREFIX as SEARCH_PREFIX
 from search_service.settings import SearchSettings
 from service_core.config import load_settings
+from service_core.server import LIVENESS_SERVICE
 from service_core.settings import ServerSettings
 from tests.deploy.conftest import DEPLOY, EXTERNAL, OVERLAYS, ROOT, Objects
 
@@ -194,8 +195,11 @@ def test_probes_are_native_grpc_on_the_servers_port(
             assert port_named(container, "health") == settings.health_port
             probe_port = settings.health_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            # The whole server's status: NOT_SERVING until the model / pool is ready.
-            assert container[probe]["grpc"] == {"port": probe_port, "service": ""}, probe
+            # Startup and readiness: the whole server's status, NOT_SERVING until the
+            # model / pool is ready and while the database is unreachable. Liveness:
+            # SERVING while the process serves at all.
+            service = LIVENESS_SERVICE if probe == "livenessProbe" else ""
+            assert container[probe]["grpc"] == {"port": probe_port, "service": service}, probe
             assert set(container[probe]) - {"grpc"} <= {
                 "periodSeconds",
                 "timeoutSeconds",

@@ -540,7 +540,7 @@ async def test_migrations_apply_once(database_url: str) -> None:
 
     connection = await asyncpg.connect(database_url)
     try:
-        assert await migrate(connection) == [1, 2]
+        assert await migrate(connection) == [1, 2, 3]
         assert await migrate(connection) == []
     finally:
         await connection.close()
