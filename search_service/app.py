@@ -138,29 +138,42 @@ class SearchApp(App):
         # A collection may be due a fit already: grown while no replica ran, or fitted
         # before lower bounds (schema 0001).
         await autofit.check_all()
-        self._watch = asyncio.create_task(self._watch_database(self.pool))
+        self._watch = asyncio.create_task(self._watch_database())
 
-    async def _watch_database(self, pool: asyncpg.Pool) -> None:
+    async def _watch_database(self) -> None:
         """Readiness follows the database: NOT_SERVING while it does not answer.
 
         Only readiness: the liveness service stays SERVING, so an outage takes the
-        pod out of rotation instead of restarting it (a restart cannot help).
+        pod out of rotation instead of restarting it (a restart cannot help). The check
+        has a connection of its own: one borrowed from the pool can wait on the pool's
+        own reconnection past any timeout.
         """
         interval = self.settings.database_check_s
         reachable = True
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with asyncio.timeout(interval):
-                    await pool.fetchval(sql.PING)
-                answered = True
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                answered = False
-            if answered != reachable and self.server is not None:
-                reachable = answered
-                level = logging.INFO if answered else logging.WARNING
-                log.log(level, "database %s", "reachable" if answered else "unreachable")
-                await self.server.set_serving(answered)
+        connection: asyncpg.Connection[asyncpg.Record] | None = None
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    if connection is None or connection.is_closed():
+                        connection = await asyncpg.connect(
+                            self.settings.database_url, timeout=interval
+                        )
+                    await connection.fetchval(sql.PING, timeout=interval)
+                    answered = True
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    answered = False
+                    if connection is not None:
+                        connection.terminate()
+                        connection = None
+                if answered != reachable and self.server is not None:
+                    reachable = answered
+                    level = logging.INFO if answered else logging.WARNING
+                    log.log(level, "database %s", "reachable" if answered else "unreachable")
+                    await self.server.set_serving(answered)
+        finally:
+            if connection is not None:
+                connection.terminate()
 
     async def close(self) -> None:
         if self._watch is not None:
