@@ -69,7 +69,10 @@ class Ingester:
             parse(index, message, max_metadata_bytes=self._max_metadata_bytes)
             for index, message in enumerate(messages)
         ]
-        existing = await store.existing(collection, [i.key for i in items if i.pending])
+        # Only image items can be UNCHANGED (same bytes, same key); a batch of vectors
+        # skips the round trip.
+        with_images = [i.key for i in items if i.pending and i.image is not None]
+        existing = await store.existing(collection, with_images) if with_images else {}
         updates: list[tuple[str, dict[str, Any]]] = []
         for item in items:
             known = existing.get(item.key)
