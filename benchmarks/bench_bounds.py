@@ -28,7 +28,7 @@ from devenv.stack import Stack
 from evaluation import fashion
 from extractor_service.export import lite0
 from extractor_service.export.onnx_export import export_model
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import preprocess
 from extractor_service.runtime import OnnxModel
 from imagesearch.search.v1 import search_pb2
 from search_service.domain import Query
@@ -46,12 +46,7 @@ def embed(sample: fashion.Sample, work: Path) -> np.ndarray:
     export_model(lite0.lite0(), work / "lite0")
     model = OnnxModel.load(work / "lite0")
     manifest = model.manifest
-    config = PreprocessConfig(
-        input_size=manifest.input_size,
-        resize_size=manifest.resize_size,
-        mean=manifest.mean,
-        std=manifest.std,
-    )
+    config = manifest.preprocess_config()
     out = []
     for start in range(0, len(sample.keys), 32):
         batch = [

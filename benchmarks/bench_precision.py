@@ -144,7 +144,7 @@ def bench_model(name: str, variants: list[str], work: Path, rounds: int) -> None
             )
         )
     photos, groups = held_out()
-    config = quantize.preprocess_config(fp32.manifest)
+    config = fp32.manifest.preprocess_config()
     inputs = np.stack(quantize.calibration_inputs(photos, config))
     reference = normalised(fp32.run(inputs))
     for candidate in candidates:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from extractor_service.batcher import Batcher
-from extractor_service.preprocess import PreprocessConfig
 from extractor_service.runtime import OnnxModel, available_cpus
 from extractor_service.servicer import Engine, ExtractorServicer
 from extractor_service.settings import ExtractorSettings
@@ -65,13 +64,7 @@ class ExtractorApp(App):
         self.servicer.engine = Engine(
             model=model,
             batcher=batcher,
-            preprocess=PreprocessConfig(
-                input_size=manifest.input_size,
-                resize_size=manifest.resize_size,
-                mean=manifest.mean,
-                std=manifest.std,
-                max_pixels=settings.max_image_pixels,
-            ),
+            preprocess=manifest.preprocess_config(max_pixels=settings.max_image_pixels),
             decode_pool=ThreadPoolExecutor(
                 max_workers=settings.preprocess_workers or available_cpus(),
                 thread_name_prefix="decode",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extractor_service.preprocess import PreprocessConfig
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8"})
@@ -43,6 +45,17 @@ class Manifest:
     weights_source: str
     opset: int
     format_version: int = FORMAT_VERSION
+
+    def preprocess_config(self, *, max_pixels: int | None = None) -> PreprocessConfig:
+        """The preprocessing this model was trained with (and a decoded-size limit)."""
+        limits = {} if max_pixels is None else {"max_pixels": max_pixels}
+        return PreprocessConfig(
+            input_size=self.input_size,
+            resize_size=self.resize_size,
+            mean=self.mean,
+            std=self.std,
+            **limits,
+        )
 
 
 def make_version(layer: str, precision: str, weights_sha256: str) -> str:

@@ -165,15 +165,6 @@ def calibration_inputs(
     ]
 
 
-def preprocess_config(manifest: Manifest) -> PreprocessConfig:
-    return PreprocessConfig(
-        input_size=manifest.input_size,
-        resize_size=manifest.resize_size,
-        mean=manifest.mean,
-        std=manifest.std,
-    )
-
-
 def weights_provenance(manifest: Manifest) -> str:
     """The weights' provenance without the quantization note an int8 manifest adds."""
     return manifest.weights_source.split(PROVENANCE_SEPARATOR, 1)[0]
@@ -245,7 +236,7 @@ def quantize_model(
             "int8 needs calibration photos: install scikit-image (its sample photos ship in "
             "the wheel) or Debian's darknet package"
         )
-    inputs = calibration_inputs(photos, preprocess_config(source))
+    inputs = calibration_inputs(photos, source.preprocess_config())
     out_dir.mkdir(parents=True, exist_ok=True)
     temporary = out_dir / f".{source.onnx_file}.{os.getpid()}.tmp"
     extra: dict[str, object] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import preprocess
 from extractor_service.runtime import OnnxModel
 from tests import photos
 
@@ -16,12 +16,7 @@ from tests import photos
 def embed(lite0_model_dir: Path):
     model = OnnxModel.load(lite0_model_dir)
     manifest = model.manifest
-    config = PreprocessConfig(
-        input_size=manifest.input_size,
-        resize_size=manifest.resize_size,
-        mean=manifest.mean,
-        std=manifest.std,
-    )
+    config = manifest.preprocess_config()
 
     def embed(data: bytes) -> np.ndarray:
         vector = model.run(preprocess(data, config, item="photo")[None])[0]

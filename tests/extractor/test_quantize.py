@@ -53,7 +53,7 @@ def embeddings(lite0_model_dir: Path, int8_dir: Path) -> tuple[list[str], NDArra
     """Names, then unit fp32 and int8 embeddings of every held-out view."""
     views = held_out_views()
     fp32, int8 = OnnxModel.load(lite0_model_dir), OnnxModel.load(int8_dir)
-    config = quantize.preprocess_config(fp32.manifest)
+    config = fp32.manifest.preprocess_config()
     batch = np.stack([preprocess(data, config, item=name) for name, data in views.items()])
 
     def unit(vectors: NDArray) -> NDArray:

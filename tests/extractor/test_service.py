@@ -17,7 +17,7 @@ import pytest
 from devenv.stack import ExtractorStub, Stack
 from extractor_service.app import ExtractorApp
 from extractor_service.manifest import load_manifest
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import preprocess
 from extractor_service.runtime import ModelLoadError, OnnxModel
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2
@@ -77,12 +77,7 @@ async def test_vectors_equal_onnx_runtime_on_the_same_preprocessing(
     data = photos.photo_bytes("coffee")
     response = await stub.Embed(extractor_pb2.EmbedRequest(images=[image("coffee", data)]))
     manifest = load_manifest(lite0_model_dir)
-    config = PreprocessConfig(
-        input_size=manifest.input_size,
-        resize_size=manifest.resize_size,
-        mean=manifest.mean,
-        std=manifest.std,
-    )
+    config = manifest.preprocess_config()
     direct = OnnxModel.load(lite0_model_dir).run(preprocess(data, config, item="coffee")[None])[0]
     np.testing.assert_allclose(vector(response.results[0]), direct, rtol=1e-5, atol=1e-5)
 

@@ -9,7 +9,7 @@ import pytest
 
 from devenv.photos import center_crop, decode, encode, flipped, rescale
 from devenv.synthetic import cnn_like_vectors
-from extractor_service.preprocess import PreprocessConfig, preprocess
+from extractor_service.preprocess import preprocess
 from extractor_service.runtime import OnnxModel
 from search_service.projection import fit_projection
 from search_service.vectors import unit_rows
@@ -54,12 +54,7 @@ def lite0_vectors(lite0_model_dir: Path) -> np.ndarray:
     """Real Lite0 features of the real photos and crops, rescales and JPEG copies of them."""
     model = OnnxModel.load(lite0_model_dir)
     manifest = model.manifest
-    config = PreprocessConfig(
-        input_size=manifest.input_size,
-        resize_size=manifest.resize_size,
-        mean=manifest.mean,
-        std=manifest.std,
-    )
+    config = manifest.preprocess_config()
     views = []
     for name in photos.available_photos():
         image = decode(photos.photo_bytes(name))
