@@ -152,8 +152,13 @@ class Store:
         vectors = np.stack([i.embedding for i in images]) if images else None
         entries: dict[int, _Entries] = {}
         if vectors is not None:
+            # Computed before the transaction, so that it holds its locks briefly; a
+            # version deleted meanwhile is skipped (the transaction reads the live ones).
             for info in await self.projections(collection):
-                fitted = await self.version(collection, info.version)
+                try:
+                    fitted = await self.version(collection, info.version)
+                except NotFound:
+                    continue
                 entries[info.version] = await asyncio.to_thread(_entries, fitted, vectors)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
