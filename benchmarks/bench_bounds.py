@@ -81,6 +81,7 @@ async def measure(vectors: np.ndarray, cluster: LocalPostgres, options: argparse
                 extractor_address="127.0.0.1:1",
                 auto_fit_threshold=10**9,
                 projection_dimensions=dims,
+                **({"default_candidates": options.candidates} if options.candidates else {}),
             )
             stub = stack.search_stub(app)
             for start in range(0, len(vectors), 250):
@@ -167,6 +168,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=10_000, help="Fashion-MNIST images")
     parser.add_argument("--queries", type=int, default=200, help="EXACT queries per dimension")
     parser.add_argument("--dims", default="64,99", help="projection dimensions to measure")
+    parser.add_argument(
+        "--candidates", type=int, default=0, help="FAST's candidates (the service default)"
+    )
     parser.add_argument(
         "--vectors", type=Path, default=None, help="an .npy file to keep the embeddings in"
     )

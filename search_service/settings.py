@@ -74,7 +74,7 @@ class SearchSettings(ServerSettings):
     )
     default_probes: int = setting(32, "FAST: candidate lists probed when a search asks for 0")
     default_candidates: int = setting(
-        200, "FAST: candidates re-ranked exactly when a search asks for 0"
+        100, "FAST: candidates re-ranked exactly when a search asks for 0"
     )
     rerank_parallelism: int = setting(
         4, "FAST: connections one search reads its candidates' vectors over at once"
