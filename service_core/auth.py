@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import grpc
 
 from service_core.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from service_core.handlers import rewrap
 from service_core.settings import ServerSettings
 from service_core.tls import Stamp, stamp
 
@@ -205,23 +206,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             self._check(method, need, metadata, context)
 
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, check), **codec)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, check), **codec
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, check), **codec
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, check), **codec
+        return rewrap(
+            handler,
+            unary=lambda behavior, _: _unary(behavior, check),
+            streaming=lambda behavior, _: _streaming(behavior, check),
         )
 
     def _check(

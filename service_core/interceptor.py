@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service_core.errors import InvalidArgument, ServiceError
+from service_core.handlers import rewrap
 from service_core.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -83,25 +84,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        codec = {
-            "request_deserializer": _safe(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, streamed=False), **codec
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, streamed=True), **codec
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, streamed=False), **codec
-            )
-        assert handler.stream_stream is not None  # one of the four is always set
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method, streamed=True), **codec
+        return rewrap(
+            handler,
+            unary=lambda behavior, streamed: self._unary(behavior, method, streamed=streamed),
+            streaming=lambda behavior, streamed: self._streaming(
+                behavior, method, streamed=streamed
+            ),
+            request_deserializer=_safe(handler.request_deserializer),
         )
 
     def _unary(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:

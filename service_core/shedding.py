@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from service_core.errors import DeadlineExceeded, ResourceExhausted
+from service_core.handlers import rewrap
 
 Behavior = Callable[..., Any]
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -83,25 +84,12 @@ class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or method.startswith(self._exempt):
             return handler
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, streamed=False), **codec
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, streamed=True), **codec
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, streamed=False), **codec
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method, streamed=True), **codec
+        return rewrap(
+            handler,
+            unary=lambda behavior, streamed: self._unary(behavior, method, streamed=streamed),
+            streaming=lambda behavior, streamed: self._streaming(
+                behavior, method, streamed=streamed
+            ),
         )
 
     def _admit(self, method: str, context: Context) -> None:
