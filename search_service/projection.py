@@ -150,15 +150,7 @@ class Projection:
 
     def project(self, vectors: FloatArray) -> Float32Array:
         """Project ``(n, D)`` vectors to ``(n, d)`` float32; a ``(D,)`` vector gives ``(d,)``."""
-        array = np.asarray(vectors)
-        single = array.ndim == 1
-        rows = array.reshape(1, -1) if single else array
-        if rows.ndim != 2 or rows.shape[1] != self.input_dimension:
-            raise ValueError(
-                f"vectors must have shape (n, {self.input_dimension}) or "
-                f"({self.input_dimension},), got {array.shape}"
-            )
-        _require_real(rows, "vectors")
+        rows, single = self._input_rows(vectors, "vectors")
         out = np.empty((rows.shape[0], self.dimensions), dtype=np.float32)
         components_t = self.components.T
         # Centre before the product (not mean @ components.T afterwards): subtracting two
@@ -189,15 +181,7 @@ class Projection:
         costs one product instead of two; both terms are O(1), so the cancellation costs
         at most a few ulps there.
         """
-        array = np.asarray(units)
-        single = array.ndim == 1
-        rows = array.reshape(1, -1) if single else array
-        if rows.ndim != 2 or rows.shape[1] != self.input_dimension:
-            raise ValueError(
-                f"units must have shape (n, {self.input_dimension}) or "
-                f"({self.input_dimension},), got {array.shape}"
-            )
-        _require_real(rows, "units")
+        rows, single = self._input_rows(units, "units")
         out = np.empty((rows.shape[0], self.dimensions + 1), dtype=np.float64)
         basis_t = self._basis64.T
         step = _block_rows(self.input_dimension)
@@ -212,6 +196,19 @@ class Projection:
         if not np.isfinite(out).all():
             raise ValueError("units contain NaN or infinity")
         return out[0] if single else out
+
+    def _input_rows(self, vectors: FloatArray, name: str) -> tuple[FloatArray, bool]:
+        """``(n, D)`` real rows, and whether the caller passed one ``(D,)`` vector."""
+        array = np.asarray(vectors)
+        single = array.ndim == 1
+        rows = array.reshape(1, -1) if single else array
+        if rows.ndim != 2 or rows.shape[1] != self.input_dimension:
+            raise ValueError(
+                f"{name} must have shape (n, {self.input_dimension}) or "
+                f"({self.input_dimension},), got {array.shape}"
+            )
+        _require_real(rows, name)
+        return rows, single
 
     def assign(self, projected: FloatArray) -> Int32Array:
         """The nearest centroid's id for each of ``(n, d)`` projected vectors, as int32."""
