@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,7 +30,7 @@ import numpy as np
 from benchmarks.machine import load_average
 from benchmarks.search_server import start_server
 from devenv.postgres import LocalPostgres, free_port
-from devenv.stack import SearchStub, wait_serving
+from devenv.stack import SearchStub, stop_all, wait_serving
 from devenv.synthetic import cnn_like_vectors
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service.db import init_connection
@@ -123,11 +121,7 @@ async def measure_service(
             return rates
         finally:
             await channel.close(None)
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_all([server])
 
 
 async def main_async(options: argparse.Namespace) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +23,7 @@ import grpc
 from benchmarks.machine import load_average, rss_mib
 from benchmarks.search_server import start_server
 from devenv.postgres import LocalPostgres, free_port
-from devenv.stack import wait_serving
+from devenv.stack import stop_all, wait_serving
 from devenv.synthetic import iter_cnn_like_vectors
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service.settings import SearchSettings
@@ -99,11 +97,7 @@ async def measure(dim: int, options: argparse.Namespace) -> None:
         )
     finally:
         await channel.close(None)
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_all([server])
         log.close()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -41,7 +40,7 @@ from benchmarks.machine import load_average, rss_mib
 from benchmarks.pgvector import PgvectorPostgres, copy_vectors, vector_binary
 from benchmarks.search_server import start_server
 from devenv.postgres import LocalPostgres, free_port
-from devenv.stack import wait_serving
+from devenv.stack import stop_all, wait_serving
 from devenv.synthetic import cnn_like_vectors, iter_cnn_like_vectors
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service.db import init_connection
@@ -704,11 +703,7 @@ async def main_async(options: argparse.Namespace) -> None:
         await vector_pool.close()
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_all([server])
         log.close()
         cube_cluster.stop()
         vector_cluster.stop()
