@@ -575,6 +575,11 @@ class ProjectionVersion:
         projected: npt.NDArray[np.float64] = self.projection.project(units).astype(np.float64)
         return projected
 
+    def entries(self, units: FloatArray) -> tuple[Int32Array, npt.NDArray[np.float64]]:
+        """Each unit vector's list and cube in this version (what image_lists holds)."""
+        cubes = self.cubes(units)
+        return self.lists(cubes), cubes
+
     def lists(self, cubes: FloatArray) -> Int32Array:
         """The list of each row of ``cubes``."""
         rows = np.asarray(cubes)[:, : self.projection.dimensions]

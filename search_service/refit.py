@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -187,7 +186,8 @@ class Refitter:
         while rows := await connection.fetch(sql.EMBEDDINGS_AFTER, collection.id, last_id, batch):
             last_id = rows[-1]["id"]
             ids = [r["id"] for r in rows]
-            lists, cubes = await asyncio.to_thread(_entries, fitted, [r["embedding"] for r in rows])
+            vectors = await asyncio.to_thread(units, [r["embedding"] for r in rows])
+            lists, cubes = await asyncio.to_thread(fitted.entries, vectors)
             del rows
             await connection.copy_to_table(
                 "refit_lists",
@@ -196,11 +196,6 @@ class Refitter:
                 ),
                 format="binary",
             )
-
-
-def _entries(fitted: ProjectionVersion, blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    cubes = fitted.cubes(units(blobs))
-    return fitted.lists(cubes), cubes
 
 
 class AutoFit:

@@ -149,7 +149,12 @@ class Store:
         differs from the collection's (FAILED_PRECONDITION), writing nothing. Each image
         gets its list entry, with its lower-bound cube, in every live projection version.
         """
-        vectors = np.stack([i.embedding for i in images]) if images else None
+        # Unit vectors once, off the event loop; every version's cubes start from them.
+        vectors = (
+            await asyncio.to_thread(unit_rows, np.stack([i.embedding for i in images]))
+            if images
+            else None
+        )
         entries: dict[int, _Entries] = {}
         if vectors is not None:
             # Computed before the transaction, so that it holds its locks briefly; a
@@ -159,7 +164,7 @@ class Store:
                     fitted = await self.version(collection, info.version)
                 except NotFound:
                     continue
-                entries[info.version] = await asyncio.to_thread(_entries, fitted, vectors)
+                entries[info.version] = await asyncio.to_thread(fitted.entries, vectors)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 return await self._write(
@@ -175,7 +180,7 @@ class Store:
         collection: Collection,
         model: ModelKey | None,
         images: Sequence[NewImage],
-        vectors: Vector | None,
+        vectors: npt.NDArray[np.float64] | None,
         entries: dict[int, _Entries],
         metadata_updates: Sequence[tuple[str, dict[str, Any]]],
     ) -> dict[str, bool]:
@@ -193,7 +198,7 @@ class Store:
                 for version in live:
                     if version not in entries:  # published since the entries were computed
                         fitted = await self.version(collection, version)
-                        entries[version] = await asyncio.to_thread(_entries, fitted, vectors)
+                        entries[version] = await asyncio.to_thread(fitted.entries, vectors)
                 rows = await connection.fetch(
                     sql.UPSERT_IMAGES,
                     collection.id,
@@ -346,9 +351,3 @@ class Store:
 
 
 _Entries = tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]
-
-
-def _entries(fitted: ProjectionVersion, vectors: Vector) -> _Entries:
-    """The list and the cube of each of ``vectors`` in one projection version."""
-    cubes = fitted.cubes(unit_rows(vectors))
-    return fitted.lists(cubes), cubes
