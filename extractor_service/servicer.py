@@ -54,7 +54,7 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
 
     def _ready(self) -> Engine:
         if self.engine is None:
-            raise Unavailable("the model is still loading; retry shortly")
+            raise Unavailable("the model is still loading; retry shortly", reason="MODEL_LOADING")
         return self.engine
 
     async def Embed(  # noqa: N802 - the RPC's name
@@ -63,16 +63,31 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         engine = self._ready()
         count, most = len(request.images), self._settings.max_request_images
         if count == 0:
-            raise InvalidArgument("images: at least one image is required")
+            raise InvalidArgument(
+                "images: at least one image is required", reason="NO_IMAGES", field="images"
+            )
         if count > most:
-            raise InvalidArgument(f"images: {count} images in one request, at most {most}")
+            raise InvalidArgument(
+                f"images: {count} images in one request, at most {most}",
+                reason="TOO_MANY_IMAGES",
+                field="images",
+                metadata={"count": str(count), "limit": str(most)},
+            )
         self._admission.try_admit(count)
         try:
             deadline = _deadline(context)
             budget = PixelBudget(self._settings.max_request_pixels)
             results = await asyncio.gather(
                 *(
-                    self._embed_one(engine, image, index, request.normalize, deadline, budget)
+                    self._embed_one(
+                        engine,
+                        image,
+                        f"images[{index}]",
+                        index,
+                        request.normalize,
+                        deadline,
+                        budget,
+                    )
                     for index, image in enumerate(request.images)
                 )
             )
@@ -98,7 +113,9 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             async for request in request_iterator:
                 await self._admission.admit(1)
                 task = asyncio.create_task(
-                    self._embed_one(engine, request.image, index, request.normalize, deadline)
+                    self._embed_one(
+                        engine, request.image, "image", index, request.normalize, deadline
+                    )
                 )
                 task.add_done_callback(lambda _: self._admission.release(1))
                 await window.put(task)
@@ -150,6 +167,7 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         self,
         engine: Engine,
         image: extractor_pb2.Image,
+        at: str,
         index: int,
         normalize: bool,
         deadline: float | None,
@@ -163,8 +181,13 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         try:
             tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:
+            # The ItemError older callers read, and beside it the same failure as a
+            # google.rpc.Status naming the field (``at``: where the image sits in the
+            # request) and the item.
+            error.field = f"{at}.data"
+            error.metadata.setdefault("id", item)
             failure = extractor_pb2.ItemError(code=error.code.value[0], message=error.message)
-            return extractor_pb2.EmbedResult(id=item, error=failure)
+            return extractor_pb2.EmbedResult(id=item, error=failure, rpc_status=error.status())
         vector = await engine.batcher.embed(tensor, deadline)
         if normalize:
             vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
