@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service_core.errors import InvalidArgument, ServiceError, rich_status
@@ -19,6 +19,7 @@ from service_core.handlers import rewrap
 from service_core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
 
 # A handler's behaviour: (request or request iterator, context) -> response(s).
 Behavior = Callable[..., Any]
@@ -201,7 +202,22 @@ async def _end_call(
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
     wire = rpc_status.to_status(status)
     kept = tuple(context.trailing_metadata() or ())
-    await context.abort(wire.code, wire.details, (*kept, *wire.trailing_metadata))
+    await context.abort(
+        wire.code, wire.details, (*kept, *wire.trailing_metadata, *_pushback(status))
+    )
+
+
+def _pushback(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:
+    """The RetryInfo as gRPC's own retry pushback, which a client's retry policy obeys:
+    wait that long, or (a transient code the server says waiting cannot cure) do not
+    retry at all."""
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return (("grpc-retry-pushback-ms", str(retry.retry_delay.ToMilliseconds())),)
+    if status.code in _TRANSIENT:
+        return (("grpc-retry-pushback-ms", "-1"),)
+    return ()
 
 
 def _unimplemented(error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
