@@ -193,6 +193,34 @@ class AsyncSearchClient:
                 return None
             raise
 
+    async def get_images(
+        self,
+        keys: Sequence[str],
+        *,
+        collection: str | None = None,
+        include_embedding: bool = False,
+        concurrency: int = 32,
+        timeout: float | None = None,
+    ) -> dict[str, search_pb2.StoredImage]:
+        """The stored record of each key the collection holds; unknown keys are left out.
+
+        ``concurrency`` GetImage calls are in flight at once: one at a time, a round
+        trip per key would dominate.
+        """
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: str) -> search_pb2.StoredImage | None:
+            async with gate:
+                return await self.find_image(
+                    key,
+                    collection=collection,
+                    include_embedding=include_embedding,
+                    timeout=timeout,
+                )
+
+        found = await asyncio.gather(*(one(key) for key in dict.fromkeys(keys)))
+        return {image.key: image for image in found if image is not None}
+
     async def delete_images(
         self, keys: Sequence[str], *, collection: str | None = None, timeout: float | None = None
     ) -> search_pb2.DeleteImagesResponse:
