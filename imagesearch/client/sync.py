@@ -104,9 +104,7 @@ class SearchClient:
     def find_image(self, key: str, **options: Any) -> search_pb2.StoredImage | None:
         return self._run(self._client.find_image(key, **options))
 
-    def get_images(
-        self, keys: Sequence[str], **options: Any
-    ) -> dict[str, search_pb2.StoredImage]:
+    def get_images(self, keys: Sequence[str], **options: Any) -> dict[str, search_pb2.StoredImage]:
         return self._run(self._client.get_images(keys, **options))
 
     def delete_images(self, keys: Sequence[str], **options: Any) -> search_pb2.DeleteImagesResponse:

@@ -14,7 +14,6 @@ import pytest
 from imagesearch.client import (
     CREATED,
     EXACT,
-    UNCHANGED,
     UPDATED,
     AlreadyExists,
     AsyncSearchClient,
@@ -93,9 +92,7 @@ async def test_the_async_client_streams_an_iterable_with_per_item_results(
     async with AsyncSearchClient(Connection(vectors_only)) as client:
         await client.create_collection("bulk", model=MODEL)
         source = [*items(matrix), Item("bad", vector=[1.0], model=MODEL)]
-        results = [
-            r async for r in client.ingest_stream(source, collection="bulk", batch_items=64)
-        ]
+        results = [r async for r in client.ingest_stream(source, collection="bulk", batch_items=64)]
         assert [r.key for r in results] == [i.key for i in source]
         assert all(r.status == CREATED for r in results[:-1])
         assert results[-1].error is not None
@@ -146,7 +143,7 @@ def _paced(vectors_only: str) -> None:
 def test_the_shipped_service_config_retries_only_calls_safe_to_repeat() -> None:
     [policy] = default_service_config()["methodConfig"]
     methods = {name["method"] for name in policy["name"]}
-    assert "Search" in methods and "Ingest" in methods
+    assert {"Search", "Ingest", "GetImage"} <= methods
     assert not methods & {"CreateCollection", "DeleteCollection", "RefitProjection"}
     assert set(policy["retryPolicy"]["retryableStatusCodes"]) == {
         "UNAVAILABLE",
