@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,18 +19,24 @@ from imagesearch.client import (
     AsyncSearchClient,
     Connection,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     Item,
     Model,
     NotFound,
     ResourceExhausted,
     Unavailable,
+    from_rpc_error,
     from_status,
 )
-from imagesearch.extractor.v1 import extractor_pb2
+from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from imagesearch.search.v1 import search_pb2, search_pb2_grpc
-from service_core.errors import DOMAIN, ServiceError
+from service_core.errors import DEFAULT_RETRY_S, DOMAIN, ServiceError, error_for
+from service_core.errors import Unavailable as ServiceUnavailable
 from tests.client.conftest import StartSearch
+from tests.test_bootstrap import gated
+
+__all__ = ["gated"]
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = Model("test-model", 4, "1")
@@ -234,3 +241,40 @@ async def test_every_reason_raised_is_in_the_catalogue() -> None:
 def test_vectors_are_checked_client_side_for_a_model() -> None:
     with pytest.raises(ValueError, match="needs its model"):
         Item("k", vector=np.zeros(3).tolist()).message()
+
+
+async def test_unexpected_errors_carry_their_correlation_id_and_streams_their_details(
+    gated: tuple[Any, grpc.aio.Channel],
+) -> None:
+    stub = extractor_pb2_grpc.ExtractorServiceStub(gated[1])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Embed(extractor_pb2.EmbedRequest())
+    internal = from_rpc_error(caught.value)
+    assert isinstance(internal, Internal)
+    assert internal.reason == "INTERNAL"
+    assert caught.value.details() == (
+        f"internal error (correlation id {internal.metadata['correlation_id']})"
+    )
+    call = stub.EmbedStream(iter([extractor_pb2.EmbedStreamRequest()] * 2))
+    await call.read()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    midstream = from_rpc_error(caught.value)
+    assert isinstance(midstream, InvalidArgument)
+    assert midstream.reason == "INVALID_ARGUMENT"  # the raise site names no reason
+    assert midstream.message == "item 'b' is broken"
+
+
+def test_a_peers_reason_is_passed_on_only_with_its_own_code() -> None:
+    busy = error_for(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", reason="QUEUE_FULL")
+    assert (busy.reason, busy.retry_after) == ("QUEUE_FULL", DEFAULT_RETRY_S)
+    # The search service's own credentials were refused: not the caller's to fix.
+    refused = error_for(grpc.StatusCode.UNAUTHENTICATED, "no", reason="INVALID_TOKEN")
+    assert isinstance(refused, ServiceUnavailable)
+    assert refused.reason == "UNAVAILABLE"
+    assert refused.retry_after == DEFAULT_RETRY_S
+    too_big = error_for(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "big", reason="IMAGE_TOO_LARGE", retryable=False
+    )
+    assert too_big.retry_after is None
+    assert from_status(too_big.status()).retry_delay is None
