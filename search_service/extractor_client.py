@@ -11,7 +11,7 @@ import numpy as np
 
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
-from service_core.client_metrics import ClientMetricsInterceptor
+from service_core.client_metrics import client_metrics_interceptors
 from service_core.errors import DeadlineExceeded, ServiceError, error_for
 from service_core.metrics import RpcMetrics
 from service_core.tls import ClientTlsFiles, ReloadingChannel
@@ -93,7 +93,7 @@ class ExtractorClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         # The channel is reopened when its certificate is renewed on disk.
-        interceptors = [ClientMetricsInterceptor(metrics)] if metrics else []
+        interceptors = client_metrics_interceptors(metrics) if metrics else []
         self._channel = ReloadingChannel(
             address, tls=tls, server_name=server_name, options=options, interceptors=interceptors
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,9 +21,11 @@ from extractor_service.app import ExtractorApp
 from imagesearch.extractor.v1 import extractor_pb2
 from imagesearch.search.v1 import search_pb2
 from search_service.app import SearchApp
+from service_core.client_metrics import client_metrics_interceptors
+from service_core.metrics import Metrics
 
 EXTRACTOR = "imagesearch.extractor.v1.ExtractorService"
-SEARCH = "imagesearch.search.v1.SearchService"
+HEALTH = "grpc.health.v1.Health"
 
 
 def png(seed: int, size: int = 100) -> bytes:
@@ -329,3 +332,31 @@ async def test_a_scrape_reads_the_snapshot_not_the_database(
     await app.collection_metrics.refresh(app.backend.store.summaries)
     # ... and the next refresh the database's count.
     assert value(registry, "search_collection_images", collection="default") == 1
+
+
+async def test_client_metrics_count_a_server_stream_message_by_message(
+    stack: Stack, lite0_model_dir: Path
+) -> None:
+    app = await extractor(stack, lite0_model_dir)
+    client = Metrics()
+    channel = grpc.aio.insecure_channel(
+        address(app), interceptors=client_metrics_interceptors(client.client)
+    )
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        async for answer in watch:
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            break  # a watch never ends by itself: the caller stops reading
+        labels = {"grpc_type": "server_stream", "grpc_service": HEALTH, "grpc_method": "Watch"}
+        registry = client.registry
+        assert value(registry, "grpc_client_handled_total", grpc_code="CANCELLED", **labels) == 0
+    finally:
+        await channel.close(None)  # ends the watch the caller left unread
+    for _ in range(100):  # the call's end is counted as the loop sees it
+        if value(registry, "grpc_client_handled_total", grpc_code="CANCELLED", **labels):
+            break
+        await asyncio.sleep(0.02)
+    assert value(registry, "grpc_client_started_total", **labels) == 1
+    assert value(registry, "grpc_client_msg_sent_total", **labels) == 1
+    assert value(registry, "grpc_client_msg_received_total", **labels) == 1
+    assert value(registry, "grpc_client_handled_total", grpc_code="CANCELLED", **labels) == 1
