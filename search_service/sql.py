@@ -39,8 +39,8 @@ DELETE_PROJECTIONS = "DELETE FROM projections WHERE collection_id = $1"
 
 COUNT_IMAGES = "SELECT count(*) FROM images WHERE collection_id = $1"
 
-# The per-collection metrics: one pass over the (collection_id, key) index for the
-# counts, run in the background (search_service.metrics), never on a scrape.
+# The per-collection metrics: one scan of images for the counts (docs/metrics.md has its
+# cost), run in the background by search_service.metrics, never on a scrape.
 COLLECTION_SUMMARIES = """
 SELECT c.name,
        CASE WHEN EXISTS (SELECT 1 FROM projections p
