@@ -21,7 +21,10 @@ from extractor_service.app import ExtractorApp
 from imagesearch.extractor.v1 import extractor_pb2
 from imagesearch.search.v1 import search_pb2
 from search_service.app import SearchApp
+from search_service.domain import CollectionSummary
+from search_service.metrics import CollectionCollector
 from service_core.client_metrics import client_metrics_interceptors
+from service_core.errors import Unavailable
 from service_core.metrics import Metrics
 
 EXTRACTOR = "imagesearch.extractor.v1.ExtractorService"
@@ -360,3 +363,44 @@ async def test_client_metrics_count_a_server_stream_message_by_message(
     assert value(registry, "grpc_client_msg_sent_total", **labels) == 1
     assert value(registry, "grpc_client_msg_received_total", **labels) == 1
     assert value(registry, "grpc_client_handled_total", grpc_code="CANCELLED", **labels) == 1
+
+
+async def test_a_slow_refresh_waits_twenty_times_its_own_duration() -> None:
+    gauges = CollectionCollector()
+    reads = 0
+
+    async def slow_read() -> list[CollectionSummary]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.05)  # then the next read waits >= 1 s, not the 1 ms asked
+        return [CollectionSummary("big", "ready", reads)]
+
+    refreshing = asyncio.create_task(gauges.keep_fresh(slow_read, interval_s=0.001))
+    await asyncio.sleep(0.6)
+    refreshing.cancel()
+    await asyncio.gather(refreshing, return_exceptions=True)
+    assert reads == 1
+
+
+async def test_a_failed_refresh_keeps_the_last_snapshot() -> None:
+    gauges = CollectionCollector()
+    registry = CollectorRegistry()
+    registry.register(gauges)
+    answers: list[list[CollectionSummary] | Exception] = [
+        [CollectionSummary("kept", "building", 7)],
+        Unavailable("the database is unavailable (OSError); retry"),
+    ]
+
+    async def read() -> list[CollectionSummary]:
+        answer = answers.pop(0) if answers else Unavailable("still down")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    refreshing = asyncio.create_task(gauges.keep_fresh(read, interval_s=0.01))
+    await asyncio.sleep(0.2)
+    refreshing.cancel()
+    await asyncio.gather(refreshing, return_exceptions=True)
+    assert not answers  # both answers were read
+    assert value(registry, "search_collection_images", collection="kept") == 7
+    assert value(registry, "search_projection_state", collection="kept", state="building") == 1
