@@ -26,6 +26,8 @@ from search_service.metrics import CollectionCollector
 from service_core.client_metrics import client_metrics_interceptors
 from service_core.errors import Unavailable
 from service_core.metrics import Metrics
+from service_core.server import Service, create_server
+from service_core.settings import ServerSettings
 
 EXTRACTOR = "imagesearch.extractor.v1.ExtractorService"
 HEALTH = "grpc.health.v1.Health"
@@ -404,3 +406,61 @@ async def test_a_failed_refresh_keeps_the_last_snapshot() -> None:
     assert not answers  # both answers were read
     assert value(registry, "search_collection_images", collection="kept") == 7
     assert value(registry, "search_projection_state", collection="kept", state="building") == 1
+
+
+async def _count(requests: AsyncIterator[bytes], context: object) -> bytes:
+    return str(len([r async for r in requests])).encode()
+
+
+async def _echo(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request
+
+
+ECHO = grpc.method_handlers_generic_handler(
+    "test.v1.Echo",
+    {
+        "Count": grpc.stream_unary_rpc_method_handler(_count),  # raw bytes both ways
+        "Echo": grpc.stream_stream_rpc_method_handler(_echo),
+    },
+)
+
+
+async def test_client_and_request_streams_are_counted_on_both_sides() -> None:
+    served, called = Metrics(), Metrics()
+    echo = Service("test.v1.Echo", lambda server: server.add_generic_rpc_handlers([ECHO]))
+    server = await create_server(ServerSettings(grace_period_s=0), [echo], served)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", interceptors=client_metrics_interceptors(called.client)
+    )
+    try:
+        count = channel.stream_unary("/test.v1.Echo/Count", None, None)
+        assert await count(iter([b"a", b"b", b"c"])) == b"3"
+        echoing = channel.stream_stream("/test.v1.Echo/Echo", None, None)(None)
+        for message in (b"x", b"y"):  # written by the caller: no request iterator of its own
+            await echoing.write(message)
+            assert await echoing.read() == message
+        await echoing.done_writing()
+        assert await echoing.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+        assert await echoing.code() == grpc.StatusCode.OK
+    finally:
+        await channel.close(None)
+        await server.stop(0)
+
+    expected = {  # (shape, method): (requests, responses)
+        ("client_stream", "Count"): (3, 1),
+        ("bidi_stream", "Echo"): (2, 2),
+    }
+    for side, metrics in (("client", called), ("server", served)):
+        registry = metrics.registry
+        for (shape, method), (requests, responses) in expected.items():
+            labels = {"grpc_type": shape, "grpc_service": "test.v1.Echo", "grpc_method": method}
+            sent, received = (requests, responses) if side == "client" else (responses, requests)
+            for _ in range(100):  # a client call's end is counted as the loop sees it
+                if value(registry, f"grpc_{side}_handled_total", grpc_code="OK", **labels):
+                    break
+                await asyncio.sleep(0.02)
+            assert value(registry, f"grpc_{side}_started_total", **labels) == 1
+            assert value(registry, f"grpc_{side}_handled_total", grpc_code="OK", **labels) == 1
+            assert value(registry, f"grpc_{side}_msg_sent_total", **labels) == sent
+            assert value(registry, f"grpc_{side}_msg_received_total", **labels) == received
