@@ -28,7 +28,7 @@ class ExtractorApp(App):
 
     def __init__(self, settings: ExtractorSettings) -> None:
         super().__init__(settings)
-        self.servicer = ExtractorServicer(settings)
+        self.servicer = ExtractorServicer(settings, self.metrics.registry)
 
     def services(self) -> Sequence[Service]:
         return [
@@ -59,6 +59,7 @@ class ExtractorApp(App):
             model.run,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
+            ran=self.servicer.metrics.ran,
         )
         batcher.start()
         self.servicer.engine = Engine(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,8 +73,11 @@ class Batcher:
         *,
         max_batch_size: int,
         max_wait_s: float,
+        ran: Callable[[int, float], None] | None = None,
     ) -> None:
         self._run = run
+        # Told (images, seconds) after each model run that succeeded: the metrics.
+        self._ran = ran
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -137,10 +141,16 @@ class Batcher:
             live.append(pending)
         return live
 
+    def _timed(self, batch: Tensor) -> tuple[Tensor, float]:
+        """The model's outputs and the seconds the run took, on the worker thread."""
+        started = time.perf_counter()
+        outputs = self._run(batch)
+        return outputs, time.perf_counter() - started
+
     async def _run_batch(self, live: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         stacked = np.stack([p.tensor for p in live])
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            outputs, seconds = await loop.run_in_executor(self._executor, self._timed, stacked)
         except asyncio.CancelledError:
             for pending in live:
                 if not pending.future.done():
@@ -153,6 +163,8 @@ class Batcher:
                     pending.future.set_exception(error)
             return
         self.batches_run += 1
+        if self._ran is not None:
+            self._ran(len(live), seconds)
         for pending, row in zip(live, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(row)

@@ -11,8 +11,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
 
 from extractor_service.batcher import Admission, Batcher, Tensor
+from extractor_service.metrics import ExtractorMetrics
 from extractor_service.preprocess import PixelBudget, PreprocessConfig, preprocess
 from extractor_service.runtime import OnnxModel
 from extractor_service.settings import ExtractorSettings
@@ -47,9 +49,14 @@ def _deadline(context: Context) -> float | None:
 class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
     """Decodes on a thread pool, embeds through the batcher, never on the event loop."""
 
-    def __init__(self, settings: ExtractorSettings) -> None:
+    def __init__(
+        self, settings: ExtractorSettings, registry: CollectorRegistry | None = None
+    ) -> None:
         self._settings = settings
         self._admission = Admission(settings.max_queue_images)
+        self.metrics = ExtractorMetrics(
+            registry or CollectorRegistry(), queue_depth=lambda: self._admission.in_flight
+        )
         self.engine: Engine | None = None  # set once the model is loaded
 
     def _ready(self) -> Engine:
@@ -73,7 +80,11 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
                 field="images",
                 metadata={"count": str(count), "limit": str(most)},
             )
-        self._admission.try_admit(count)
+        try:
+            self._admission.try_admit(count)
+        except ResourceExhausted:
+            self.metrics.images["rejected"].inc(count)
+            raise
         try:
             deadline = _deadline(context)
             budget = PixelBudget(self._settings.max_request_pixels)
@@ -175,12 +186,14 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
     ) -> extractor_pb2.EmbedResult:
         item = image.id or f"#{index}"
         loop = asyncio.get_running_loop()
+        images = self.metrics.images
         decode = functools.partial(
-            preprocess, image.data, engine.preprocess, item=item, budget=budget
+            _timed, self.metrics.preprocess_seconds, image.data, engine.preprocess, item, budget
         )
         try:
             tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:
+            images["invalid" if isinstance(error, InvalidArgument) else "rejected"].inc()
             # The ItemError older callers read, and beside it the same failure as a
             # google.rpc.Status naming the field (``at``: where the image sits in the
             # request) and the item.
@@ -188,9 +201,26 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             error.metadata.setdefault("id", item)
             failure = extractor_pb2.ItemError(code=error.code.value[0], message=error.message)
             return extractor_pb2.EmbedResult(id=item, error=failure, rpc_status=error.status())
-        vector = await engine.batcher.embed(tensor, deadline)
+        try:
+            vector = await engine.batcher.embed(tensor, deadline)
+        except Exception:
+            images["error"].inc()
+            raise
+        images["ok"].inc()
         if normalize:
             vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         return extractor_pb2.EmbedResult(
             id=item, embedding=extractor_pb2.Embedding(values=vector.tolist())
         )
+
+
+def _timed(
+    seconds: Histogram,
+    data: bytes,
+    config: PreprocessConfig,
+    item: str,
+    budget: PixelBudget | None,
+) -> Tensor:
+    """``preprocess`` on a decode thread, its time observed (failures included)."""
+    with seconds.time():
+        return preprocess(data, config, item=item, budget=budget)

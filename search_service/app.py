@@ -13,6 +13,7 @@ from search_service import sql
 from search_service.db import init_connection
 from search_service.extractor_client import ExtractorClient
 from search_service.ingest import Ingester
+from search_service.metrics import CollectionCollector, PoolCollector, SearchMetrics
 from search_service.ranking import Ranker
 from search_service.refit import AutoFit, Refitter
 from search_service.schema import migrate
@@ -53,6 +54,12 @@ class SearchApp(App):
         self.pool: asyncpg.Pool | None = None
         self.backend: Backend | None = None
         self._watch: asyncio.Task[None] | None = None
+        registry = self.metrics.registry
+        self.search_metrics = SearchMetrics(registry)
+        registry.register(PoolCollector(lambda: self.pool, settings.pool_max_size))
+        self.collection_metrics = CollectionCollector()
+        registry.register(self.collection_metrics)
+        self._refresh: asyncio.Task[None] | None = None
 
     def services(self) -> Sequence[Service]:
         return [
@@ -114,11 +121,13 @@ class SearchApp(App):
             tls=tls,
             server_name=settings.extractor_tls_server_name,
             token=token,
+            metrics=self.metrics.client,
         )
         ranker = Ranker(
             store,
             parallelism=min(settings.rerank_parallelism, settings.pool_max_size),
             seed_probes=settings.default_probes,
+            metrics=self.search_metrics,
         )
         self.backend = Backend(
             store=store,
@@ -130,6 +139,7 @@ class SearchApp(App):
                 extractor,
                 written=autofit.notice,
                 max_metadata_bytes=settings.max_metadata_bytes,
+                metrics=self.search_metrics,
             ),
             autofit=autofit,
             page_token_key=page_token_key,
@@ -139,6 +149,9 @@ class SearchApp(App):
         # before lower bounds (schema 0001).
         await autofit.check_all()
         self._watch = asyncio.create_task(self._watch_database())
+        self._refresh = asyncio.create_task(
+            self.collection_metrics.keep_fresh(store.summaries, settings.metrics_refresh_s)
+        )
 
     async def _watch_database(self) -> None:
         """Readiness follows the database: NOT_SERVING while it does not answer.
@@ -176,9 +189,10 @@ class SearchApp(App):
                 connection.terminate()
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+        for task in (self._watch, self._refresh):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.backend is not None:
             await self.backend.autofit.close()
             await self.backend.extractor.close()

@@ -48,6 +48,15 @@ class ProjectionInfo:
 
 
 @dataclass(frozen=True)
+class CollectionSummary:
+    """What the per-collection metrics show: a name, its projection state, its images."""
+
+    name: str
+    state: str  # none, building or ready: search.v1's ProjectionState, lower case
+    images: int
+
+
+@dataclass(frozen=True)
 class NewImage:
     """An image to store, its vector already computed."""
 

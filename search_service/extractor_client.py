@@ -11,6 +11,7 @@ import numpy as np
 
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
+from service_core.client_metrics import client_metrics_interceptors
 from service_core.errors import (
     DeadlineExceeded,
     ServiceError,
@@ -18,6 +19,7 @@ from service_core.errors import (
     peer_details,
     peer_status,
 )
+from service_core.metrics import RpcMetrics
 from service_core.tls import ClientTlsFiles, ReloadingChannel
 
 # Embed has no side effects, so gRPC may retry it when the extractor is briefly
@@ -95,6 +97,7 @@ class ExtractorClient:
         tls: ClientTlsFiles | None = None,
         server_name: str = "",
         token: str | None = None,
+        metrics: RpcMetrics | None = None,
     ) -> None:
         self.address = address
         self._max_bytes = max_message_bytes
@@ -118,7 +121,10 @@ class ExtractorClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         # The channel is reopened when its certificate is renewed on disk.
-        self._channel = ReloadingChannel(address, tls=tls, server_name=server_name, options=options)
+        interceptors = client_metrics_interceptors(metrics) if metrics else []
+        self._channel = ReloadingChannel(
+            address, tls=tls, server_name=server_name, options=options, interceptors=interceptors
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub_channel = self._channel.channel
         self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._stub_channel)

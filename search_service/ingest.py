@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from imagesearch.search.v1 import search_pb2
 from search_service import convert
 from search_service.domain import Collection, ModelKey, NewImage, Vector
 from search_service.extractor_client import ExtractorClient
+from search_service.metrics import SearchMetrics
 from search_service.store import Store
 from service_core.errors import FailedPrecondition, InvalidArgument, ServiceError
 
@@ -46,8 +49,10 @@ class Ingester:
         *,
         written: Callable[[Collection], None],
         max_metadata_bytes: int = 32 * 1024,
+        metrics: SearchMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or SearchMetrics(CollectorRegistry())
         self._max_metadata_bytes = max_metadata_bytes
         self._extractor = extractor
         # Told after each write that stored new vectors: the projection may need a fit.
@@ -57,6 +62,16 @@ class Ingester:
         self, collection: Collection, messages: Sequence[search_pb2.IngestItem], timeout_s: float
     ) -> list[search_pb2.IngestResult]:
         """Writes the valid items in one transaction; the others are answered FAILED."""
+        return self.answered(await self._ingest(collection, messages, timeout_s))
+
+    def answered(self, results: list[search_pb2.IngestResult]) -> list[search_pb2.IngestResult]:
+        """``results``, counted by status: every item answered passes here once."""
+        self._metrics.answered(results)
+        return results
+
+    async def _ingest(
+        self, collection: Collection, messages: Sequence[search_pb2.IngestItem], timeout_s: float
+    ) -> list[search_pb2.IngestResult]:
         store = self._store
         items = [
             parse(index, message, max_metadata_bytes=self._max_metadata_bytes)
@@ -105,16 +120,17 @@ class Ingester:
         to_write = [i for i in items if i.pending]
         if not to_write and not updates:
             return [i.result for i in items]
-        created = await store.write(
-            collection,
-            target,
-            [
-                NewImage(i.key, i.sha256, i.metadata, i.vector)
-                for i in to_write
-                if i.vector is not None
-            ],
-            updates,
-        )
+        with self._metrics.stage["ingest_write"].time():
+            created = await store.write(
+                collection,
+                target,
+                [
+                    NewImage(i.key, i.sha256, i.metadata, i.vector)
+                    for i in to_write
+                    if i.vector is not None
+                ],
+                updates,
+            )
         for item in to_write:
             item.result.status = (
                 search_pb2.INGEST_STATUS_CREATED

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import CollectorRegistry
 
 from search_service.domain import Collection, Hit, Query
+from search_service.metrics import SearchMetrics
 from search_service.projection import ProjectionVersion
 from search_service.store import Store
 from search_service.vectors import cutoff, merge, nearest
@@ -52,8 +54,16 @@ class Work:
 class Ranker:
     """Ranks a collection's images against a query, EXACT or FAST."""
 
-    def __init__(self, store: Store, *, parallelism: int, seed_probes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        parallelism: int,
+        seed_probes: int,
+        metrics: SearchMetrics | None = None,
+    ) -> None:
         self._store = store
+        self._stage = (metrics or SearchMetrics(CollectorRegistry())).stage
         self._parallelism = parallelism
         # EXACT's first step: FAST's nearest candidates give a k-th best distance.
         self._seed_probes = seed_probes
@@ -63,12 +73,13 @@ class Ranker:
     ) -> list[Hit]:
         """The exact nearest hits: those of a brute-force scan, in the same order."""
         work = work or Work()
-        for _ in range(_STALE_ATTEMPTS):
-            hits = await self._exact(collection, query, work)
-            if hits is not None:
-                return hits
-            # A refit retired the version this search started on: rank on the new one.
-            collection = await self._store.collection(collection.name)
+        with self._stage["exact"].time():
+            for _ in range(_STALE_ATTEMPTS):
+                hits = await self._exact(collection, query, work)
+                if hits is not None:
+                    return hits
+                # A refit retired the version this search started on: rank on the new one.
+                collection = await self._store.collection(collection.name)
         raise Unavailable(
             f"the projection of {collection.name!r} is being replaced; retry",
             reason="PROJECTION_REPLACED",
@@ -94,9 +105,10 @@ class Ranker:
         best, seen = await self._fast(collection, fitted, cube, query, self._seed_probes, seeds)
         work.reranked += len(seen)
         threshold = cutoff(best, query.keep, query.max_distance)
-        rows = await self._store.within_bound(
-            collection, fitted.version, cube, threshold + BOUND_MARGIN, query.metadata_filter
-        )
+        with self._stage["bound_scan"].time():
+            rows = await self._store.within_bound(
+                collection, fitted.version, cube, threshold + BOUND_MARGIN, query.metadata_filter
+            )
         if rows is None:
             return None
         work.within_bound += len(rows)
@@ -126,9 +138,10 @@ class Ranker:
         work: Work | None = None,
     ) -> list[Hit]:
         """The nearest of the ``candidates`` nearest in the ``probes`` nearest lists."""
-        fitted = await self._store.version(collection, version)
-        cube = await asyncio.to_thread(fitted.cubes, query.vector)
-        best, seen = await self._fast(collection, fitted, cube, query, probes, candidates)
+        with self._stage["fast"].time():
+            fitted = await self._store.version(collection, version)
+            cube = await asyncio.to_thread(fitted.cubes, query.vector)
+            best, seen = await self._fast(collection, fitted, cube, query, probes, candidates)
         if work is not None:
             work.reranked += len(seen)
         return best[query.offset :]
@@ -144,9 +157,10 @@ class Ranker:
     ) -> tuple[list[Hit], set[int]]:
         """FAST's hits (the first ``query.keep``) and the ids it re-ranked."""
         lists = fitted.nearest_lists(cube, min(probes, fitted.projection.lists))
-        ids = await self._store.list_candidates(
-            collection, fitted.version, lists.tolist(), cube, candidates
-        )
+        with self._stage["candidates"].time():
+            ids = await self._store.list_candidates(
+                collection, fitted.version, lists.tolist(), cube, candidates
+            )
         return await self._rerank(ids, query, []), set(ids)
 
     async def _rerank(self, ids: Sequence[int], query: Query, best: list[Hit]) -> list[Hit]:
@@ -157,6 +171,10 @@ class Ranker:
         """
         if not ids:
             return []
+        with self._stage["rerank"].time():
+            return await self._rerank_parts(ids, query, best)
+
+    async def _rerank_parts(self, ids: Sequence[int], query: Query, best: list[Hit]) -> list[Hit]:
         part_size = min(MAX_PART, max(MIN_PART, -(-len(ids) // self._parallelism)))
         gate = asyncio.Semaphore(self._parallelism)
         cut = cutoff(best, query.keep, math.inf)

@@ -126,7 +126,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 collection = await _collection(backend.store, name)
                 return await backend.ingester.ingest(collection, items, self._timeout(context))
             except _TRANSIENT as error:
-                return [_failed(item.key, error) for item in items]
+                return backend.ingester.answered([_failed(item.key, error) for item in items])
 
         async for response in ingest_stream(
             request_iterator,

@@ -79,6 +79,11 @@ class SearchSettings(ServerSettings):
     rerank_parallelism: int = setting(
         4, "FAST: connections one search reads its candidates' vectors over at once"
     )
+    metrics_refresh_s: float = setting(
+        30.0,
+        "how often the per-collection metrics (images, projection state) are read from the "
+        "database, in the background; at least 20 times the read's own duration",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +106,8 @@ class SearchSettings(ServerSettings):
             )
         if self.max_metadata_bytes < 2:
             raise ValueError(f"max_metadata_bytes must be >= 2, got {self.max_metadata_bytes}")
+        if self.metrics_refresh_s <= 0:
+            raise ValueError(f"metrics_refresh_s must be > 0, got {self.metrics_refresh_s}")
         if self.database_check_s <= 0:
             raise ValueError(f"database_check_s must be > 0, got {self.database_check_s}")
         if not 1 <= self.default_top_k <= self.max_top_k:

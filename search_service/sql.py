@@ -39,6 +39,21 @@ DELETE_PROJECTIONS = "DELETE FROM projections WHERE collection_id = $1"
 
 COUNT_IMAGES = "SELECT count(*) FROM images WHERE collection_id = $1"
 
+# The per-collection metrics: one scan of images for the counts (docs/metrics.md has its
+# cost), run in the background by search_service.metrics, never on a scrape.
+COLLECTION_SUMMARIES = """
+SELECT c.name,
+       CASE WHEN EXISTS (SELECT 1 FROM projections p
+                         WHERE p.collection_id = c.id AND p.state = 'building') THEN 'building'
+            WHEN c.serving_version IS NOT NULL THEN 'ready'
+            ELSE 'none' END AS state,
+       coalesce(n.images, 0) AS images
+FROM collections c
+LEFT JOIN (SELECT collection_id, count(*) AS images FROM images GROUP BY collection_id) n
+       ON n.collection_id = c.id
+ORDER BY c.name
+"""
+
 BIND_MODEL = """
 UPDATE collections SET model_name = $2, model_version = $3, dimension = $4
 WHERE id = $1 AND model_name IS NULL

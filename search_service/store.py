@@ -17,6 +17,7 @@ from search_service.db import Connection, database_errors
 from search_service.domain import (
     DEFAULT_COLLECTION,
     Collection,
+    CollectionSummary,
     ModelKey,
     NewImage,
     ProjectionInfo,
@@ -120,6 +121,12 @@ class Store:
         async with database_errors():
             value: int = await self.pool.fetchval(sql.COUNT_IMAGES, collection.id)
             return value
+
+    async def summaries(self) -> list[CollectionSummary]:
+        """Every collection's projection state and image count (a scan: not per request)."""
+        async with database_errors():
+            rows = await self.pool.fetch(sql.COLLECTION_SUMMARIES)
+        return [CollectionSummary(r["name"], r["state"], r["images"]) for r in rows]
 
     async def projections(self, collection: Collection) -> list[ProjectionInfo]:
         """Projections that are serving or being built, oldest first."""

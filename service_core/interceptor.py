@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 
 from service_core.errors import InvalidArgument, ServiceError, rich_status
 from service_core.handlers import rewrap
-from service_core.metrics import Metrics
+from service_core.metrics import RpcMetrics, rpc_type
 
 log = logging.getLogger(__name__)
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
@@ -73,7 +73,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     traceback goes to the log under that id. Every call is counted and timed.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: RpcMetrics) -> None:
         self._metrics = metrics
 
     async def intercept_service(
@@ -97,33 +97,52 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
     def _unary(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
+        calls = self._metrics.method(
+            method, rpc_type(request_streams=streamed, response_streams=False)
+        )
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            self._metrics.started(method)
+            calls.started_total.inc()
             try:
-                request = _checked_stream(request) if streamed else _checked(request)
+                if streamed:
+                    request = calls.counted(_checked_stream(request), calls.received_total)
+                else:
+                    calls.received_total.inc()
+                    request = _checked(request)
                 response = await behavior(request, context)
                 code = context.code() or grpc.StatusCode.OK
+                if code == grpc.StatusCode.OK:
+                    calls.sent_total.inc()
                 return response
             except BaseException as error:  # noqa: BLE001 - classified, then re-raised
                 code = _code_for(error, context)
                 await _end_call(error, context, method)
             finally:
-                self._metrics.handled(method, code, time.perf_counter() - started)
+                calls.handled(code, time.perf_counter() - started)
 
         return wrapped
 
     def _streaming(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
+        calls = self._metrics.method(
+            method, rpc_type(request_streams=streamed, response_streams=True)
+        )
+
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            self._metrics.started(method)
+            calls.started_total.inc()
             try:
-                request = _checked_stream(request) if streamed else _checked(request)
+                if streamed:
+                    request = calls.counted(_checked_stream(request), calls.received_total)
+                else:
+                    calls.received_total.inc()
+                    request = _checked(request)
                 responses = behavior(request, context)
                 if inspect.isasyncgen(responses):
                     async for response in responses:
+                        calls.sent_total.inc()
                         yield response
                 else:  # a handler that writes with context.write()
                     await responses
@@ -132,7 +151,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = _code_for(error, context)
                 await _end_call(error, context, method)
             finally:
-                self._metrics.handled(method, code, time.perf_counter() - started)
+                calls.handled(code, time.perf_counter() - started)
 
         return wrapped
 

@@ -112,9 +112,15 @@ class GrpcServer:
             await asyncio.to_thread(self._metrics.close)
 
 
-async def create_server(settings: ServerSettings, services: Sequence[Service]) -> GrpcServer:
-    """Builds, binds and starts a server for ``services``; it reports NOT_SERVING."""
-    metrics = Metrics()
+async def create_server(
+    settings: ServerSettings, services: Sequence[Service], metrics: Metrics | None = None
+) -> GrpcServer:
+    """Builds, binds and starts a server for ``services``; it reports NOT_SERVING.
+
+    ``metrics`` holds the registry /metrics serves, with whatever the services
+    registered on it; without one the server gets a registry of its own.
+    """
+    metrics = metrics or Metrics()
     limit = settings.max_message_bytes
     budget = Budget(
         max_calls=settings.max_calls_in_flight, max_bytes=settings.max_request_bytes_in_flight
@@ -123,7 +129,7 @@ async def create_server(settings: ServerSettings, services: Sequence[Service]) -
     server = grpc.aio.server(
         # Callers are authenticated before they count against the shedding budget.
         interceptors=[
-            ErrorInterceptor(metrics),
+            ErrorInterceptor(metrics.server),
             *access_interceptors(settings, services),
             shedding,
         ],
@@ -223,6 +229,8 @@ class App:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # Subclasses register their own metrics on this registry, which the server serves.
+        self.metrics = Metrics()
         self.server: GrpcServer | None = None
         self.ready_task: asyncio.Task[None] | None = None
 
@@ -236,7 +244,7 @@ class App:
         """Releases what ``become_ready`` acquired, after the server has stopped."""
 
     async def start(self) -> GrpcServer:
-        self.server = await create_server(self.settings, self.services())
+        self.server = await create_server(self.settings, self.services(), self.metrics)
         self.ready_task = asyncio.create_task(self._ready())
         return self.server
 

@@ -218,7 +218,7 @@ async def test_metrics_count_calls_by_status_code(
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     expected = (
         'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetModelInfo",'
-        'grpc_service="imagesearch.extractor.v1.ExtractorService"} 3.0'
+        'grpc_service="imagesearch.extractor.v1.ExtractorService",grpc_type="unary"} 3.0'
     )
     assert expected in body
     assert 'grpc_server_handling_seconds_count{grpc_method="GetModelInfo"' in body
