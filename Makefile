@@ -24,6 +24,12 @@ TEST_PACKAGES := $(RUN_PACKAGES) darknet dataset-fashion-mnist
 # figure measured when it was set (CHANGELOG.md). Raise it as coverage rises.
 COVERAGE_FLOOR ?= 78
 
+# What `make check` runs `buf breaking` against: where this branch left main (the local
+# branch, else origin's), or HEAD itself on a clone where there is no main to compare with.
+# Read from the local git history, so offline. Override with BREAKING_BASE=<commit>.
+BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null \
+	|| git merge-base HEAD origin/main 2>/dev/null || git rev-parse HEAD)
+
 .PHONY: setup lock version protos model run test test-fast system-run system-test check \
 	lint format bench eval deploy-check clean
 
@@ -87,6 +93,8 @@ lint: setup
 check: lint
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking protos \
+		--against '$(shell git rev-parse --git-common-dir)#ref=$(BREAKING_BASE),subdir=protos'
 	$(PY) scripts/gen_protos.py --check
 
 format: setup

@@ -16,10 +16,10 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from evaluation import copies, fashion, plot, report, retrieval
-from evaluation.api import Api, channel
+from evaluation.api import MAX_MESSAGE_BYTES, Api, channel
 from evaluation.services import LocalStack, export_lite0
+from imagesearch.client import AsyncSearchClient, Connection, Tls
 from imagesearch.extractor.v1 import extractor_pb2_grpc
-from imagesearch.search.v1 import search_pb2_grpc
 from service_core.tls import channel_credentials
 
 log = logging.getLogger("evaluation")
@@ -115,14 +115,22 @@ async def _run(args: argparse.Namespace) -> int:
         credentials = channel_credentials(
             ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file, token=token
         )
+        tls = None
+        if credentials is not None:
+            tls = Tls(
+                ca_file=args.ca_file,
+                cert_file=args.cert_file,
+                key_file=args.key_file,
+                server_name=args.server_name,
+            )
+        connection = Connection(
+            args.search, tls=tls, token=token, max_message_bytes=MAX_MESSAGE_BYTES
+        )
         async with (
-            channel(args.search, credentials, args.server_name) as search,
+            AsyncSearchClient(connection) as search,
             channel(args.extractor, credentials, args.server_name) as extractor,
         ):
-            api = Api(
-                search_pb2_grpc.SearchServiceStub(search),
-                extractor_pb2_grpc.ExtractorServiceStub(extractor),
-            )
+            api = Api(search, extractor_pb2_grpc.ExtractorServiceStub(extractor))
             outcomes.append(await _evaluate(api, args, sample))
     else:
         stack = LocalStack(out)
@@ -136,14 +144,12 @@ async def _run(args: argparse.Namespace) -> int:
                 search_address, extractor_address = await stack.start_services(
                     model_dir, str(index)
                 )
+                connection = Connection(search_address, max_message_bytes=MAX_MESSAGE_BYTES)
                 async with (
-                    channel(search_address) as search,
+                    AsyncSearchClient(connection) as search,
                     channel(extractor_address) as extractor,
                 ):
-                    api = Api(
-                        search_pb2_grpc.SearchServiceStub(search),
-                        extractor_pb2_grpc.ExtractorServiceStub(extractor),
-                    )
+                    api = Api(search, extractor_pb2_grpc.ExtractorServiceStub(extractor))
                     outcomes.append(await _evaluate(api, args, sample))
                 stack.stop_services()
         finally:

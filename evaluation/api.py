@@ -1,8 +1,8 @@
-"""The evaluation's gRPC client: ingest, leave-one-out searches, stored vectors, refits."""
+"""The evaluation's client: ingest, leave-one-out searches, stored vectors, refits (through
+imagesearch.client), and raw embeddings from the extractor."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,12 +11,11 @@ from typing import Any, TypeAlias
 import grpc
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import struct_pb2
 
+from imagesearch.client import AsyncSearchClient, Item, NotFound
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
-from imagesearch.search.v1 import search_pb2, search_pb2_grpc
+from imagesearch.search.v1 import search_pb2
 
-SearchStub: TypeAlias = "search_pb2_grpc.SearchServiceAsyncStub"  # a name of the .pyi only
 ExtractorStub: TypeAlias = "extractor_pb2_grpc.ExtractorServiceAsyncStub"
 EXACT = search_pb2.SEARCH_MODE_EXACT
 FAST = search_pb2.SEARCH_MODE_FAST
@@ -37,9 +36,9 @@ class Pass:
 
 
 class Api:
-    """Stubs of a search service and, optionally, the extractor it uses."""
+    """A client of a search service and, optionally, a stub of the extractor it uses."""
 
-    def __init__(self, search: SearchStub, extractor: ExtractorStub | None = None) -> None:
+    def __init__(self, search: AsyncSearchClient, extractor: ExtractorStub | None = None) -> None:
         self.search = search
         self.extractor = extractor
 
@@ -48,15 +47,11 @@ class Api:
     async def fresh_collection(self, name: str) -> None:
         """Creates ``name`` empty, deleting what an earlier run left under that name."""
         try:
-            await self.search.DeleteCollection(
-                search_pb2.DeleteCollectionRequest(name=name), timeout=_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
+            await self.search.delete_collection(name, timeout=_TIMEOUT_S)
+        except NotFound as error:
+            if error.reason != "COLLECTION_NOT_FOUND":
                 raise
-        await self.search.CreateCollection(
-            search_pb2.CreateCollectionRequest(name=name), timeout=_TIMEOUT_S
-        )
+        await self.search.create_collection(name, timeout=_TIMEOUT_S)
 
     async def ingest(
         self, collection: str, images: Sequence[tuple[str, bytes, Mapping[str, Any]]]
@@ -66,22 +61,21 @@ class Api:
         Raises RuntimeError naming the first item the service did not store.
         """
 
-        async def requests() -> AsyncIterator[search_pb2.IngestStreamRequest]:
+        async def items() -> AsyncIterator[Item]:
             for key, data, metadata in images:
-                fields = struct_pb2.Struct()
-                fields.update(dict(metadata))
-                yield search_pb2.IngestStreamRequest(
-                    collection=collection,
-                    items=[search_pb2.IngestItem(key=key, image=data, metadata=fields)],
-                )
+                yield Item(key, image=data, metadata=metadata)
 
         started = time.perf_counter()
         stored = 0
-        async for response in self.search.IngestStream(requests(), timeout=3600):
-            for result in response.results:
-                if result.status == search_pb2.INGEST_STATUS_FAILED:
-                    raise RuntimeError(f"ingest of {result.key!r} failed: {result.error.message}")
-                stored += 1
+        # One image per message, and a window wide enough that the service, not the
+        # window, sets the pace: the seconds measured are the service's.
+        results = self.search.ingest_stream(
+            items(), collection=collection, batch_items=1, window=64, timeout=3600
+        )
+        async for result in results:
+            if result.error is not None:
+                raise RuntimeError(f"ingest of {result.key!r} failed: {result.error}")
+            stored += 1
         if stored != len(images):
             raise RuntimeError(f"IngestStream answered {stored} of {len(images)} items")
         return time.perf_counter() - started
@@ -90,30 +84,24 @@ class Api:
         self, collection: str, keys: Sequence[str]
     ) -> npt.NDArray[np.float32]:
         """The stored full vectors, as GetImage returns them, one row per key."""
-        gate = asyncio.Semaphore(_WINDOW)
-
-        async def one(key: str) -> list[float]:
-            async with gate:
-                reply = await self.search.GetImage(
-                    search_pb2.GetImageRequest(
-                        collection=collection, key=key, include_embedding=True
-                    ),
-                    timeout=_TIMEOUT_S,
-                )
-            return list(reply.image.embedding.values)
-
-        rows = await asyncio.gather(*(one(key) for key in keys))
-        return np.asarray(rows, dtype=np.float32)
+        found = await self.search.get_images(
+            keys,
+            collection=collection,
+            include_embedding=True,
+            concurrency=_WINDOW,
+            timeout=_TIMEOUT_S,
+        )
+        missing = [key for key in keys if key not in found]
+        if missing:
+            raise RuntimeError(f"{len(missing)} keys are not stored, {missing[0]!r} first")
+        return np.asarray([found[key].embedding.values for key in keys], dtype=np.float32)
 
     async def refit(self, collection: str, *, dimensions: int, lists: int = 0) -> int:
         """Fits a FAST projection; returns its number of lists."""
-        reply = await self.search.RefitProjection(
-            search_pb2.RefitProjectionRequest(
-                collection=collection, dimensions=dimensions, lists=lists
-            ),
-            timeout=_TIMEOUT_S,
+        projection = await self.search.refit_projection(
+            collection, dimensions=dimensions, lists=lists, timeout=_TIMEOUT_S
         )
-        return int(reply.projection.lists)
+        return int(projection.lists)
 
     # -- searches ---------------------------------------------------------------------
 
@@ -123,7 +111,7 @@ class Api:
         queries: Sequence[str],
         *,
         top_k: int,
-        mode: int = EXACT,
+        mode: search_pb2.SearchMode.ValueType = EXACT,
         probes: int = 0,
         candidates: int = 0,
     ) -> Pass:
@@ -132,25 +120,24 @@ class Api:
         rankings: dict[str, list[str]] = {}
         seconds: list[float] = []
         for key in queries:
-            request = search_pb2.SearchRequest(
+            started = time.perf_counter()
+            reply = await self.search.search(
+                key,
                 collection=collection,
-                key=key,
                 top_k=top_k,
-                mode=mode,  # type: ignore[arg-type]
+                mode=mode,
                 probes=probes,
                 candidates=candidates,
+                timeout=_TIMEOUT_S,
             )
-            started = time.perf_counter()
-            reply = await self.search.Search(request, timeout=_TIMEOUT_S)
             seconds.append(time.perf_counter() - started)
             rankings[key] = [hit.key for hit in reply.hits]
         return Pass(rankings, seconds)
 
     async def search_image(self, collection: str, data: bytes, *, top_k: int) -> list[str]:
         """Keys of the EXACT nearest stored images to an image file."""
-        reply = await self.search.Search(
-            search_pb2.SearchRequest(collection=collection, image=data, top_k=top_k, mode=EXACT),
-            timeout=_TIMEOUT_S,
+        reply = await self.search.search(
+            data, collection=collection, top_k=top_k, mode=EXACT, timeout=_TIMEOUT_S
         )
         return [hit.key for hit in reply.hits]
 

@@ -35,7 +35,9 @@ class Admission:
         if self.in_flight + count > self.capacity:
             raise ResourceExhausted(
                 f"the extractor is busy: {self.in_flight} images in progress, room for "
-                f"{self.capacity}; retry with backoff"
+                f"{self.capacity}; retry with backoff",
+                reason="QUEUE_FULL",
+                metadata={"limit": str(self.capacity)},
             )
         self.in_flight += count
 
@@ -93,7 +95,7 @@ class Batcher:
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
-                pending.future.set_exception(Unavailable("the extractor is shutting down"))
+                pending.future.set_exception(_shutting_down())
         self._executor.shutdown(wait=True)
 
     async def embed(self, tensor: Tensor, deadline: float | None = None) -> Tensor:
@@ -130,7 +132,10 @@ class Batcher:
                 continue
             if pending.deadline is not None and now >= pending.deadline:
                 pending.future.set_exception(
-                    DeadlineExceeded("the deadline passed while the image waited for the model")
+                    DeadlineExceeded(
+                        "the deadline passed while the image waited for the model",
+                        reason="DEADLINE_EXCEEDED_IN_QUEUE",
+                    )
                 )
                 continue
             live.append(pending)
@@ -149,7 +154,7 @@ class Batcher:
         except asyncio.CancelledError:
             for pending in live:
                 if not pending.future.done():
-                    pending.future.set_exception(Unavailable("the extractor is shutting down"))
+                    pending.future.set_exception(_shutting_down())
             raise
         except Exception as error:  # handed to every caller of the batch
             log.exception("model run failed", extra={"batch": len(live)})
@@ -163,3 +168,7 @@ class Batcher:
         for pending, row in zip(live, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(row)
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("the extractor is shutting down", reason="SHUTTING_DOWN")

@@ -119,7 +119,10 @@ class PixelBudget:
             if pixels > self.left:
                 raise ResourceExhausted(
                     f"image {item!r}: its {size[0]}x{size[1]} pixels would pass the "
-                    f"{self.total} one request may decode; send it in another request"
+                    f"{self.total} one request may decode; send it in another request",
+                    reason="REQUEST_PIXELS_EXCEEDED",
+                    metadata={"limit": str(self.total)},
+                    retryable=False,
                 )
             self.left -= pixels
 
@@ -129,7 +132,7 @@ def preprocess(
 ) -> npt.NDArray[np.float32]:
     """Decode one image and return it as float32 (3, input_size, input_size), CHW."""
     if not data:
-        raise InvalidArgument(f"image {item!r}: empty (0 bytes)")
+        raise InvalidArgument(f"image {item!r}: empty (0 bytes)", reason="EMPTY_IMAGE")
     fmt, factory = _identify(data, item)
     if fmt == "WebP":
         # libwebp allocates the whole canvas when the file is opened, so the
@@ -147,9 +150,15 @@ def preprocess(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own limit, still applied inside some plugins (a GIF frame larger
         # than its screen, a TIFF tile).
-        raise ResourceExhausted(f"image {item!r}: too many pixels to decode safely") from exc
+        raise ResourceExhausted(
+            f"image {item!r}: too many pixels to decode safely",
+            reason="IMAGE_TOO_LARGE",
+            retryable=False,
+        ) from exc
     except _DECODE_ERRORS as exc:
-        raise InvalidArgument(f"image {item!r}: truncated or corrupt {fmt} file") from exc
+        raise InvalidArgument(
+            f"image {item!r}: truncated or corrupt {fmt} file", reason="CORRUPT_IMAGE"
+        ) from exc
     # Outside the try: past decoding, a failure is a bug to report, not bad input.
     return _normalise(_resize_and_crop(upright, box, config), config)
 
@@ -160,7 +169,10 @@ def _identify(data: bytes, item: str) -> tuple[str, type[ImageFile.ImageFile]]:
             return fmt, factory
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
         return "WebP", WebPImagePlugin.WebPImageFile
-    raise InvalidArgument(f"image {item!r}: unsupported or unrecognised format (want {_SUPPORTED})")
+    raise InvalidArgument(
+        f"image {item!r}: unsupported or unrecognised format (want {_SUPPORTED})",
+        reason="UNSUPPORTED_FORMAT",
+    )
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -219,7 +231,8 @@ def _check_jpeg_length(data: bytes, item: str) -> None:
             if len(data) * 8 < blocks * _HUFFMAN_SOF[marker]:
                 raise InvalidArgument(
                     f"image {item!r}: {len(data)} bytes cannot hold the {width}x{height} "
-                    "picture the header declares: truncated or corrupt JPEG file"
+                    "picture the header declares: truncated or corrupt JPEG file",
+                    reason="CORRUPT_IMAGE",
                 )
             return
         at += 2 + length
@@ -242,10 +255,13 @@ def _check_size(size: tuple[int, int], max_pixels: int, item: str) -> None:
     if width * height > max_pixels:
         raise ResourceExhausted(
             f"image {item!r}: {width}x{height} is {width * height} pixels, "
-            f"over the limit of {max_pixels}"
+            f"over the limit of {max_pixels}",
+            reason="IMAGE_TOO_LARGE",
+            metadata={"limit": str(max_pixels)},
+            retryable=False,
         )
     if width == 0 or height == 0:
-        raise InvalidArgument(f"image {item!r}: zero width or height")
+        raise InvalidArgument(f"image {item!r}: zero width or height", reason="CORRUPT_IMAGE")
 
 
 def _load_upright(image: ImageFile.ImageFile, config: PreprocessConfig) -> Box:

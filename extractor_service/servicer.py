@@ -61,7 +61,7 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
 
     def _ready(self) -> Engine:
         if self.engine is None:
-            raise Unavailable("the model is still loading; retry shortly")
+            raise Unavailable("the model is still loading; retry shortly", reason="MODEL_LOADING")
         return self.engine
 
     async def Embed(  # noqa: N802 - the RPC's name
@@ -70,9 +70,16 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         engine = self._ready()
         count, most = len(request.images), self._settings.max_request_images
         if count == 0:
-            raise InvalidArgument("images: at least one image is required")
+            raise InvalidArgument(
+                "images: at least one image is required", reason="NO_IMAGES", field="images"
+            )
         if count > most:
-            raise InvalidArgument(f"images: {count} images in one request, at most {most}")
+            raise InvalidArgument(
+                f"images: {count} images in one request, at most {most}",
+                reason="TOO_MANY_IMAGES",
+                field="images",
+                metadata={"count": str(count), "limit": str(most)},
+            )
         try:
             self._admission.try_admit(count)
         except ResourceExhausted:
@@ -83,7 +90,15 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             budget = PixelBudget(self._settings.max_request_pixels)
             results = await asyncio.gather(
                 *(
-                    self._embed_one(engine, image, index, request.normalize, deadline, budget)
+                    self._embed_one(
+                        engine,
+                        image,
+                        f"images[{index}]",
+                        index,
+                        request.normalize,
+                        deadline,
+                        budget,
+                    )
                     for index, image in enumerate(request.images)
                 )
             )
@@ -109,7 +124,9 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             async for request in request_iterator:
                 await self._admission.admit(1)
                 task = asyncio.create_task(
-                    self._embed_one(engine, request.image, index, request.normalize, deadline)
+                    self._embed_one(
+                        engine, request.image, "image", index, request.normalize, deadline
+                    )
                 )
                 task.add_done_callback(lambda _: self._admission.release(1))
                 await window.put(task)
@@ -161,6 +178,7 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
         self,
         engine: Engine,
         image: extractor_pb2.Image,
+        at: str,
         index: int,
         normalize: bool,
         deadline: float | None,
@@ -176,8 +194,13 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:
             images["invalid" if isinstance(error, InvalidArgument) else "rejected"].inc()
+            # The ItemError older callers read, and beside it the same failure as a
+            # google.rpc.Status naming the field (``at``: where the image sits in the
+            # request) and the item.
+            error.field = f"{at}.data"
+            error.metadata.setdefault("id", item)
             failure = extractor_pb2.ItemError(code=error.code.value[0], message=error.message)
-            return extractor_pb2.EmbedResult(id=item, error=failure)
+            return extractor_pb2.EmbedResult(id=item, error=failure, rpc_status=error.status())
         try:
             vector = await engine.batcher.embed(tensor, deadline)
         except Exception:

@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from imagesearch.client import Connection, SearchError, Tls
 from imagesearch_cli import admin, files, indexing, searching, semantic_map
-from imagesearch_cli.client import DEFAULT_SERVER, Client, CliError
-from service_core.tls import channel_credentials
+from imagesearch_cli.client import CALL_TIMEOUT_S, DEFAULT_SERVER, Client, CliError
 
 # Connection options: (flag, environment variable, help); each works before or after
 # the subcommand, and the variable stands in when the flag is not given.
@@ -154,22 +152,26 @@ def _client(options: argparse.Namespace) -> Client:
     token = None
     if path["token_file"]:
         token = path["token_file"].read_text(encoding="utf-8").strip()
-    try:
-        credentials = channel_credentials(
+    # TLS when asked for, or when a CA, a client certificate or a token is given (a
+    # token never travels in clear); the server name matters only then.
+    tls = None
+    if (
+        given["tls"] not in (None, "", "0", "false")
+        or token
+        or any(path[name] for name in ("ca_file", "cert_file", "key_file"))
+    ):
+        tls = Tls(
             ca_file=path["ca_file"],
             cert_file=path["cert_file"],
             key_file=path["key_file"],
-            token=token,
-            tls=given["tls"] not in (None, "", "0", "false"),
+            server_name=given["server_name"] or "",
         )
+    connection = Connection(options.server, tls=tls, token=token, timeout_s=CALL_TIMEOUT_S)
+    try:
+        connection.credentials()  # refuses a certificate without its key, up front
     except ValueError as error:
         raise CliError(str(error)) from error
-    return Client(
-        options.server,
-        options.collection,
-        credentials=credentials,
-        server_name=given["server_name"] or "",
-    )
+    return Client(connection, options.collection)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return _dispatch(client, options)
-    except grpc.RpcError as error:
+    except SearchError as error:
         message = client.explain(error)
     except CliError as error:
         message = str(error)

@@ -41,13 +41,9 @@ def _describe(stats: search_pb2.CollectionStats) -> None:
 
 def stats(client: Client, *, every: bool) -> int:
     if not every:
-        request = search_pb2.GetCollectionStatsRequest(collection=client.collection)
-        _describe(client.stub.GetCollectionStats(request, timeout=CALL_TIMEOUT_S).collection)
+        _describe(client.api.collection_stats(timeout=CALL_TIMEOUT_S))
         return 0
-    listed = client.stub.ListCollections(
-        search_pb2.ListCollectionsRequest(), timeout=CALL_TIMEOUT_S
-    )
-    for index, collection in enumerate(listed.collections):
+    for index, collection in enumerate(client.api.list_collections(timeout=CALL_TIMEOUT_S)):
         if index:
             print()
         _describe(collection)
@@ -55,8 +51,7 @@ def stats(client: Client, *, every: bool) -> int:
 
 
 def delete(client: Client, keys: Sequence[str]) -> int:
-    request = search_pb2.DeleteImagesRequest(collection=client.collection, keys=keys)
-    response = client.stub.DeleteImages(request, timeout=CALL_TIMEOUT_S)
+    response = client.api.delete_images(keys, timeout=CALL_TIMEOUT_S)
     print(f"deleted {response.deleted_count} from {client.collection_name!r}")
     if response.missing_keys:
         # Not an error for the service, and deleting is idempotent: a warning only.
@@ -65,11 +60,8 @@ def delete(client: Client, keys: Sequence[str]) -> int:
 
 
 def refit(client: Client, *, dimensions: int, lists: int) -> int:
-    request = search_pb2.RefitProjectionRequest(
-        collection=client.collection, dimensions=dimensions, lists=lists
-    )
     # No deadline: fitting a large collection takes as long as it takes, and the old
     # projection serves meanwhile.
-    response = client.stub.RefitProjection(request)
-    print(f"projection {_projection(response.projection)}")
+    projection = client.api.refit_projection(dimensions=dimensions, lists=lists)
+    print(f"projection {_projection(projection)}")
     return 0

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
+from imagesearch.client import Item, ItemResult, NotFound
+from imagesearch.client.connection import MAX_MESSAGE_BYTES
 from imagesearch.search.v1 import search_pb2
 from imagesearch_cli import files
-from imagesearch_cli.client import CALL_TIMEOUT_S, MAX_MESSAGE_BYTES, Client, CliError, code_name
+from imagesearch_cli.client import CALL_TIMEOUT_S, Client, CliError
 from imagesearch_cli.progress import Progress
 
 # A file this large would not fit in one message and would end the whole stream.
@@ -34,9 +35,9 @@ class Tally:
         self.counts["failed"] += 1
         self.failures.append((key, message))
 
-    def record(self, result: search_pb2.IngestResult) -> None:
-        if result.status == search_pb2.INGEST_STATUS_FAILED:
-            self.fail(result.key, f"{code_name(result.error.code)}: {result.error.message}")
+    def record(self, result: ItemResult) -> None:
+        if result.error is not None:
+            self.fail(result.key, f"{result.error.code.name}: {result.error.message}")
         else:
             name = search_pb2.IngestStatus.Name(result.status)
             self.counts[name.removeprefix("INGEST_STATUS_").lower()] += 1
@@ -91,16 +92,12 @@ def run(client: Client, folder: Path, *, metadata_file: Path | None, check: bool
 
 def _ensure_collection(client: Client) -> int:
     """The collection's image count; creates it first, so indexing a new one is one step."""
-    request = search_pb2.GetCollectionStatsRequest(collection=client.collection)
     try:
-        return client.stub.GetCollectionStats(
-            request, timeout=CALL_TIMEOUT_S
-        ).collection.image_count
-    except grpc.RpcError as error:
-        if not (isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND):
+        return client.api.collection_stats(timeout=CALL_TIMEOUT_S).image_count
+    except NotFound as error:
+        if error.reason != "COLLECTION_NOT_FOUND":
             raise
-    create = search_pb2.CreateCollectionRequest(name=client.collection)
-    client.stub.CreateCollection(create, timeout=CALL_TIMEOUT_S)
+    client.api.create_collection(client.collection, timeout=CALL_TIMEOUT_S)
     print(f"created collection {client.collection!r}")
     return 0
 
@@ -114,7 +111,7 @@ def _not_stored(
     every byte again; asking for each key's hash first makes a re-run upload nothing.
     (Skipped for an empty collection, where every answer would be NOT_FOUND.)
     """
-    stored = client.stored_images([image.key for image, _ in todo])
+    stored = client.api.get_images([image.key for image, _ in todo], timeout=CALL_TIMEOUT_S)
     remaining: list[Todo] = []
     for image, metadata in todo:
         record = stored.get(image.key)
@@ -135,8 +132,8 @@ def _upload(
 ) -> None:
     unreadable: list[tuple[str, str]] = []
 
-    def requests() -> Iterator[search_pb2.IngestStreamRequest]:
-        # gRPC reads this on its own thread, as fast as the server takes items, so
+    def items() -> Iterator[Item]:
+        # The client reads this on a thread, no faster than the server answers, so
         # only a window of the folder is in memory at once.
         for image, metadata in todo:
             try:
@@ -145,17 +142,13 @@ def _upload(
                 unreadable.append((image.key, f"cannot read {image.path}: {error.strerror}"))
                 continue
             sent[0] += len(data)
-            item = search_pb2.IngestItem(key=image.key, image=data)
-            if metadata:
-                item.metadata.update(metadata)
-            # One image per message: images are large, so messages are few anyway.
-            yield search_pb2.IngestStreamRequest(collection=client.collection, items=[item])
+            yield Item(image.key, image=data, metadata=metadata or None)
 
     if todo:
-        for response in client.stub.IngestStream(requests()):
-            for result in response.results:
-                tally.record(result)
-                progress.advance()
+        # One image per message: images are large, so messages are few anyway.
+        for result in client.api.ingest_stream(items(), batch_items=1, window=8):
+            tally.record(result)
+            progress.advance()
     for key, message in unreadable:
         tally.fail(key, message)
         progress.advance()

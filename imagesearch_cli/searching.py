@@ -31,22 +31,25 @@ def run(
     html: Path | None,
     png: Path | None,
 ) -> int:
-    request = search_pb2.SearchRequest(collection=client.collection, top_k=top_k, mode=MODES[mode])
+    asked: bytes | str
     if image is not None:
         try:
-            request.image = image.read_bytes()
+            asked = image.read_bytes()
         except OSError as error:
             raise CliError(f"cannot read {image}: {error.strerror}") from error
         label = image.name
         query = Shown(image, f"query: {label}")
     else:
         assert key is not None  # argparse requires one of the two
-        request.key = key
-        label = key
+        asked = label = key
         query = Shown(resolve(root, key), f"query: {key}", ("(stored key)",))
-    if metadata_filter:
-        request.filter.update(_json_object(metadata_filter))
-    response = client.stub.Search(request, timeout=CALL_TIMEOUT_S)
+    response = client.api.search(
+        asked,
+        top_k=top_k,
+        mode=MODES[mode],
+        filter=_json_object(metadata_filter) if metadata_filter else None,
+        timeout=CALL_TIMEOUT_S,
+    )
     hits = response.hits
 
     width = max((len(hit.key) for hit in hits), default=3)

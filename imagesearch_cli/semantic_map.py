@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imagesearch.search.v1 import search_pb2
 from imagesearch_cli import layout
 from imagesearch_cli.client import CALL_TIMEOUT_S, Client, CliError
 from imagesearch_cli.gallery import BACKGROUND, INK, clipped, fitted, font, resolve
@@ -22,10 +21,8 @@ def run(
     client: Client, keys: Sequence[str], *, root: Path, out: Path, size: int, thumb: int
 ) -> int:
     # Fails, as one line, when the collection itself does not exist.
-    client.stub.GetCollectionStats(
-        search_pb2.GetCollectionStatsRequest(collection=client.collection), timeout=CALL_TIMEOUT_S
-    )
-    stored = client.stored_images(keys, include_embedding=True)
+    client.api.collection_stats(timeout=CALL_TIMEOUT_S)
+    stored = client.api.get_images(keys, include_embedding=True, timeout=CALL_TIMEOUT_S)
     if not stored:
         raise CliError(
             f"none of the {len(keys)} images is in collection {client.collection_name!r}; "

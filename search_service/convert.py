@@ -31,6 +31,9 @@ MAX_DEPTH = 20
 # Page tokens are short; anything longer is not one of ours, and is refused unread.
 MAX_PAGE_TOKEN_CHARS = 512
 MAX_INT32 = 2**31 - 1
+# Reasons (docs/errors.md) of a metadata or filter object PostgreSQL could not store.
+_DEEP = "JSON_TOO_DEEP"
+_NOT_JSON = "NOT_JSON"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -51,10 +54,18 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return converted
 
 
-def model_key(model: search_pb2.Model, field: str) -> ModelKey:
-    """A Model message that must be complete (name and dimension set)."""
+def model_key(model: search_pb2.Model, field: str, *, path: str | None = None) -> ModelKey:
+    """A Model message that must be complete (name and dimension set).
+
+    ``field`` names it in messages, ``path`` (``field`` when not given) in the
+    BadRequest field violation.
+    """
     if not model.name or not 1 <= model.dimension <= 65535:
-        raise InvalidArgument(f"{field}: a model needs a name and a dimension of 1-65535")
+        raise InvalidArgument(
+            f"{field}: a model needs a name and a dimension of 1-65535",
+            reason="INVALID_MODEL",
+            field=path or field,
+        )
     return ModelKey(model.name, model.version, model.dimension)
 
 
@@ -66,15 +77,25 @@ def model_message(model: ModelKey | None) -> search_pb2.Model | None:
 
 def check_key(key: str, field: str) -> str:
     if not key:
-        raise InvalidArgument(f"{field}: a key is required")
+        raise InvalidArgument(f"{field}: a key is required", reason="KEY_REQUIRED", field=field)
     if len(key) > MAX_KEY_CHARS:
-        raise InvalidArgument(f"{field}: key is {len(key)} characters, at most {MAX_KEY_CHARS}")
+        raise InvalidArgument(
+            f"{field}: key is {len(key)} characters, at most {MAX_KEY_CHARS}",
+            reason="KEY_TOO_LONG",
+            field=field,
+        )
     if "\x00" in key:
-        raise InvalidArgument(f"{field}: key {_short(key)} contains a NUL character")
+        raise InvalidArgument(
+            f"{field}: key {_short(key)} contains a NUL character",
+            reason="INVALID_KEY",
+            field=field,
+        )
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > MAX_KEY_BYTES:
         raise InvalidArgument(
-            f"{field}: key {_short(key)} is {size} bytes of UTF-8, at most {MAX_KEY_BYTES}"
+            f"{field}: key {_short(key)} is {size} bytes of UTF-8, at most {MAX_KEY_BYTES}",
+            reason="KEY_TOO_LONG",
+            field=field,
         )
     return key
 
@@ -88,7 +109,9 @@ def check_collection_name(name: str, field: str = "collection") -> str:
     if name and not COLLECTION_NAME.match(name):
         raise InvalidArgument(
             f"{field}: {_short(name)} is not a valid collection name (1-63 letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit)"
+            "'.', '_' or '-', starting with a letter or digit)",
+            reason="INVALID_COLLECTION_NAME",
+            field=field,
         )
     return name
 
@@ -98,28 +121,43 @@ def _short(text: str, most: int = 64) -> str:
     return repr(text) if len(text) <= most else repr(text[:most]) + f"... ({len(text)} chars)"
 
 
-def struct_value(value: struct_pb2.Struct, field: str, *, max_bytes: int = 0) -> dict[str, Any]:
+def struct_value(
+    value: struct_pb2.Struct, field: str, *, max_bytes: int = 0, path: str | None = None
+) -> dict[str, Any]:
     """A metadata or filter Struct as a dict PostgreSQL's jsonb will store.
 
     Refused with InvalidArgument naming the path: NUL in a key or string (jsonb
     cannot hold U+0000), NaN or infinity (JSON has no such numbers), nesting deeper
     than MAX_DEPTH, and, when ``max_bytes`` is set, a JSON encoding larger than it.
+    The message names the JSON path below ``field``; the field violation names
+    ``path`` (``field`` when not given), the Struct field itself.
     """
-    converted = _struct(value, field, 1)
+    try:
+        converted = _struct(value, field, 1)
+    except InvalidArgument as error:
+        error.field = path or field
+        raise
     if max_bytes:
         size = len(json.dumps(converted, ensure_ascii=False, separators=(",", ":")).encode())
         if size > max_bytes:
-            raise InvalidArgument(f"{field}: {size} bytes of JSON, at most {max_bytes}")
+            raise InvalidArgument(
+                f"{field}: {size} bytes of JSON, at most {max_bytes}",
+                reason="METADATA_TOO_LARGE",
+                field=path or field,
+                metadata={"limit": str(max_bytes)},
+            )
     return converted
 
 
 def _struct(value: struct_pb2.Struct, path: str, depth: int) -> dict[str, Any]:
     if depth > MAX_DEPTH:
-        raise InvalidArgument(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        raise InvalidArgument(f"{path}: nested deeper than {MAX_DEPTH} levels", reason=_DEEP)
     converted: dict[str, Any] = {}
     for key, item in value.fields.items():
         if "\x00" in key:
-            raise InvalidArgument(f"{path}: key {_short(key)} contains a NUL character")
+            raise InvalidArgument(
+                f"{path}: key {_short(key)} contains a NUL character", reason=_NOT_JSON
+            )
         converted[key] = _value(item, f"{path}.{key}", depth)
     return converted
 
@@ -130,36 +168,52 @@ def _value(value: struct_pb2.Value, path: str, depth: int) -> Any:
         return _struct(value.struct_value, path, depth + 1)
     if kind == "list_value":
         if depth + 1 > MAX_DEPTH:
-            raise InvalidArgument(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            raise InvalidArgument(f"{path}: nested deeper than {MAX_DEPTH} levels", reason=_DEEP)
         return [_value(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)]
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
-            raise InvalidArgument(f"{path}: {number} is not a number JSON can hold")
+            raise InvalidArgument(
+                f"{path}: {number} is not a number JSON can hold", reason=_NOT_JSON
+            )
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "string_value":
         if "\x00" in value.string_value:
-            raise InvalidArgument(f"{path}: the string contains a NUL character")
+            raise InvalidArgument(f"{path}: the string contains a NUL character", reason=_NOT_JSON)
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
     return None  # null_value, or a Value with nothing set
 
 
-def vector(values: Any, dimension: int, field: str) -> Vector:
-    """A finite float32 vector of exactly ``dimension`` components."""
+def vector(values: Any, dimension: int, field: str, *, path: str | None = None) -> Vector:
+    """A finite float32 vector of exactly ``dimension`` components.
+
+    ``field`` names it in messages, ``path`` (``field`` when not given) in the
+    BadRequest field violation: the repeated field of the values themselves.
+    """
+    path = path or field
     array = np.asarray(values, dtype=np.float32)
     if array.shape != (dimension,):
         raise InvalidArgument(
-            f"{field}: {array.size} values, but the model's vectors have {dimension}"
+            f"{field}: {array.size} values, but the model's vectors have {dimension}",
+            reason="VECTOR_LENGTH_MISMATCH",
+            field=path,
+            metadata={"expected": str(dimension), "actual": str(array.size)},
         )
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
         raise InvalidArgument(
-            f"{field}: values must be finite; {array[bad[0]]} at index {int(bad[0])}"
+            f"{field}: values must be finite; {array[bad[0]]} at index {int(bad[0])}",
+            reason="VECTOR_NOT_FINITE",
+            field=f"{path}[{int(bad[0])}]",
         )
     if not np.any(array):
-        raise InvalidArgument(f"{field}: an all-zero vector has no direction to rank by")
+        raise InvalidArgument(
+            f"{field}: an all-zero vector has no direction to rank by",
+            reason="VECTOR_ALL_ZERO",
+            field=path,
+        )
     return array
 
 
@@ -239,7 +293,11 @@ def decode_page_token(
     token: str, *, key: bytes = b"", binding: bytes = b""
 ) -> tuple[int, int, int]:
     """(offset, mode, projection version) from a token encode_page_token made for this query."""
-    refused = InvalidArgument("page_token: not a token this service issued for this search")
+    refused = InvalidArgument(
+        "page_token: not a token this service issued for this search",
+        reason="INVALID_PAGE_TOKEN",
+        field="page_token",
+    )
     if len(token) > MAX_PAGE_TOKEN_CHARS or token.count(".") != 1:
         raise refused
     payload_text, tag_text = token.split(".")

@@ -37,7 +37,10 @@ async def database_errors() -> AsyncIterator[None]:
     try:
         yield
     except _CONNECTION_ERRORS as error:
-        raise Unavailable(f"the database is unavailable ({type(error).__name__}); retry") from error
+        raise Unavailable(
+            f"the database is unavailable ({type(error).__name__}); retry",
+            reason="DATABASE_UNAVAILABLE",
+        ) from error
 
 
 async def init_connection(connection: Connection) -> None:

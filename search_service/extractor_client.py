@@ -12,7 +12,13 @@ import numpy as np
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
 from service_core.client_metrics import client_metrics_interceptors
-from service_core.errors import DeadlineExceeded, ServiceError, error_for
+from service_core.errors import (
+    DeadlineExceeded,
+    ServiceError,
+    error_for,
+    peer_details,
+    peer_status,
+)
 from service_core.metrics import RpcMetrics
 from service_core.tls import ClientTlsFiles, ReloadingChannel
 
@@ -45,11 +51,33 @@ _FRAMING_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Embedded:
-    """One item's outcome: a vector, or the extractor's error for it (a google.rpc.Code)."""
+    """One item's outcome: a vector, or the extractor's error for it (a google.rpc.Code,
+    and the reason and retry delay of its google.rpc.Status when it sent one)."""
 
     vector: Vector | None
     error_code: int = 0
     error_message: str = ""
+    error_reason: str | None = None
+    retry_after: float | None = None
+
+    def error(self, message: str, *, field: str) -> ServiceError:
+        """The item's failure as our own error, about ``field`` of our caller's request.
+
+        Retryable only where the extractor said so: its per-item RESOURCE_EXHAUSTED
+        (an image over the pixel limit) is not cured by waiting.
+        """
+        code = next(
+            (c for c in grpc.StatusCode if c.value[0] == self.error_code),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        return error_for(
+            code,
+            message,
+            reason=self.error_reason,
+            field=field,
+            retry_after=self.retry_after,
+            retryable=self.retry_after is not None,
+        )
 
 
 class ExtractorClient:
@@ -165,11 +193,24 @@ class ExtractorClient:
     def _outcome(result: extractor_pb2.EmbedResult) -> Embedded:
         if result.WhichOneof("outcome") == "embedding":
             return Embedded(np.asarray(result.embedding.values, dtype=np.float32))
-        return Embedded(None, result.error.code, result.error.message)
+        reason, retry_after = peer_details(
+            result.rpc_status if result.HasField("rpc_status") else None
+        )
+        return Embedded(None, result.error.code, result.error.message, reason, retry_after)
 
     def _translate(self, error: grpc.aio.AioRpcError) -> ServiceError:
         """The extractor's own status, so a caller can tell its fault from a busy peer."""
         code, details = error.code(), error.details() or ""
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"the extractor at {self.address} did not answer in time")
-        return error_for(code, f"the extractor at {self.address} answered {code.name}: {details}")
+            return DeadlineExceeded(
+                f"the extractor at {self.address} did not answer in time",
+                reason="EXTRACTOR_DEADLINE_EXCEEDED",
+            )
+        reason, retry_after = peer_details(peer_status(error))
+        return error_for(
+            code,
+            f"the extractor at {self.address} answered {code.name}: {details}",
+            reason=reason,
+            metadata={"dependency": "extractor"},
+            retry_after=retry_after,
+        )

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from imagesearch.search.v1 import search_pb2
@@ -16,10 +15,7 @@ from search_service.domain import Collection, ModelKey, NewImage, Vector
 from search_service.extractor_client import ExtractorClient
 from search_service.metrics import SearchMetrics
 from search_service.store import Store
-from service_core.errors import InvalidArgument
-
-INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-MISMATCH = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+from service_core.errors import FailedPrecondition, InvalidArgument, ServiceError
 
 
 @dataclass
@@ -35,10 +31,8 @@ class _Item:
     model: ModelKey | None = None
     result: search_pb2.IngestResult = field(default_factory=search_pb2.IngestResult)
 
-    def fail(self, code: int, message: str) -> None:
-        self.result.status = search_pb2.INGEST_STATUS_FAILED
-        self.result.error.code = code
-        self.result.error.message = message
+    def fail(self, error: ServiceError) -> None:
+        fail(self.result, error)
 
     @property
     def pending(self) -> bool:
@@ -104,7 +98,9 @@ class Ingester:
             )
             for item, outcome in zip(to_embed, embedded, strict=True):
                 if outcome.vector is None:
-                    item.fail(outcome.error_code, outcome.error_message)
+                    item.fail(
+                        outcome.error(outcome.error_message, field=f"items[{item.index}].image")
+                    )
                 else:
                     item.vector, item.model = outcome.vector, model
         target = collection.model or next((i.model for i in items if i.pending), None)
@@ -113,9 +109,13 @@ class Ingester:
                 assert item.model is not None
                 assert target is not None
                 item.fail(
-                    MISMATCH,
-                    f"item {item.key!r}: vector of {item.model.describe()}, but collection "
-                    f"{collection.name!r} holds {target.describe()}",
+                    FailedPrecondition(
+                        f"item {item.key!r}: vector of {item.model.describe()}, but collection "
+                        f"{collection.name!r} holds {target.describe()}",
+                        reason="MODEL_MISMATCH",
+                        field=f"items[{item.index}].embedding.model",
+                        metadata={"collection": collection.name, "key": item.key},
+                    )
                 )
         to_write = [i for i in items if i.pending]
         if not to_write and not updates:
@@ -150,26 +150,55 @@ def parse(index: int, message: search_pb2.IngestItem, *, max_metadata_bytes: int
     """
     item = _Item(index, message.key, {})
     item.result.key = message.key
+    at = f"items[{index}]"
     try:
-        convert.check_key(message.key, f"items[{index}].key")
+        convert.check_key(message.key, f"{at}.key")
         item.metadata = convert.struct_value(
-            message.metadata, f"item {message.key!r} metadata", max_bytes=max_metadata_bytes
+            message.metadata,
+            f"item {message.key!r} metadata",
+            max_bytes=max_metadata_bytes,
+            path=f"{at}.metadata",
         )
         source = message.WhichOneof("source")
         if source == "image":
             if not message.image:
-                raise InvalidArgument(f"item {message.key!r}: the image is empty")
+                raise InvalidArgument(
+                    f"item {message.key!r}: the image is empty",
+                    reason="EMPTY_IMAGE",
+                    field=f"{at}.image",
+                )
             item.image = message.image
             item.sha256 = hashlib.sha256(message.image).digest()
             item.result.content_sha256 = item.sha256.hex()
         elif source == "embedding":
-            model = convert.model_key(message.embedding.model, f"item {message.key!r} model")
+            model = convert.model_key(
+                message.embedding.model,
+                f"item {message.key!r} model",
+                path=f"{at}.embedding.model",
+            )
             item.model = model
             item.vector = convert.vector(
-                message.embedding.vector.values, model.dimension, f"item {message.key!r}"
+                message.embedding.vector.values,
+                model.dimension,
+                f"item {message.key!r}",
+                path=f"{at}.embedding.vector.values",
             )
         else:
-            raise InvalidArgument(f"item {message.key!r}: set image bytes or an embedding")
+            raise InvalidArgument(
+                f"item {message.key!r}: set image bytes or an embedding",
+                reason="SOURCE_REQUIRED",
+                field=f"{at}.source",
+            )
     except InvalidArgument as error:
-        item.fail(INVALID, error.message)
+        error.metadata.setdefault("key", message.key)
+        item.fail(error)
     return item
+
+
+def fail(result: search_pb2.IngestResult, error: ServiceError) -> None:
+    """Marks ``result`` FAILED with ``error``: the ItemError older clients read, and the
+    google.rpc.Status with its details beside it."""
+    result.status = search_pb2.INGEST_STATUS_FAILED
+    result.error.code = error.code.value[0]
+    result.error.message = error.message
+    result.rpc_status.CopyFrom(error.status())

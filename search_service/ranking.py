@@ -80,7 +80,12 @@ class Ranker:
                     return hits
                 # A refit retired the version this search started on: rank on the new one.
                 collection = await self._store.collection(collection.name)
-        raise Unavailable(f"the projection of {collection.name!r} is being replaced; retry")
+        raise Unavailable(
+            f"the projection of {collection.name!r} is being replaced; retry",
+            reason="PROJECTION_REPLACED",
+            metadata={"collection": collection.name},
+            retry_after=0.1,
+        )
 
     async def _exact(self, collection: Collection, query: Query, work: Work) -> list[Hit] | None:
         """EXACT on the collection's serving version; None if that version was retired."""

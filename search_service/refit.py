@@ -55,7 +55,8 @@ class Refitter:
             raise FailedPrecondition(
                 f"{dimension}-D vectors are too large to fit a projection in "
                 f"{self._memory_bytes >> 20} MiB (room for {rows} sampled rows, at least "
-                f"{min(self._sample, _MIN_SAMPLE)} needed); raise SEARCH_FIT_MEMORY_BYTES"
+                f"{min(self._sample, _MIN_SAMPLE)} needed); raise SEARCH_FIT_MEMORY_BYTES",
+                reason="FIT_MEMORY_TOO_SMALL",
             )
         return rows
 
@@ -67,7 +68,9 @@ class Refitter:
             locked = await connection.fetchval(sql.FIT_LOCK, _LOCK_NAMESPACE, collection.id)
             if not locked:
                 raise FailedPrecondition(
-                    f"a projection of collection {collection.name!r} is already being fitted"
+                    f"a projection of collection {collection.name!r} is already being fitted",
+                    reason="FIT_IN_PROGRESS",
+                    metadata={"collection": collection.name},
                 )
             try:
                 return await self._refit(connection, collection, dimensions, lists)
@@ -82,10 +85,16 @@ class Refitter:
         if count < MIN_IMAGES:
             raise FailedPrecondition(
                 f"collection {collection.name!r} has {count} images; a projection needs at "
-                f"least {MIN_IMAGES}"
+                f"least {MIN_IMAGES}",
+                reason="TOO_FEW_IMAGES",
+                metadata={"collection": collection.name, "minimum": str(MIN_IMAGES)},
             )
         if collection.model is None:
-            raise FailedPrecondition(f"collection {collection.name!r} holds no vectors yet")
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds no vectors yet",
+                reason="COLLECTION_EMPTY",
+                metadata={"collection": collection.name},
+            )
         started = asyncio.get_running_loop().time()
         sample = await self._read_sample(connection, collection, count)
         wanted = dimensions or self._dimensions

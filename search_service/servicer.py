@@ -15,7 +15,7 @@ from imagesearch.search.v1 import search_pb2, search_pb2_grpc
 from search_service import convert
 from search_service.domain import Collection, Hit, Query
 from search_service.extractor_client import ExtractorClient
-from search_service.ingest import Ingester
+from search_service.ingest import Ingester, fail
 from search_service.projection import MAX_BOUNDED_DIMENSIONS
 from search_service.ranking import Ranker
 from search_service.refit import AutoFit, Refitter
@@ -31,7 +31,6 @@ from service_core.errors import (
     ResourceExhausted,
     ServiceError,
     Unavailable,
-    error_for,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _ready(self) -> Backend:
         if self._backend is None:
-            raise Unavailable("the search service is starting; retry shortly")
+            raise Unavailable(
+                "the search service is starting; retry shortly", reason="SERVICE_STARTING"
+            )
         return self._backend
 
     def _timeout(self, context: Context) -> float:
@@ -86,13 +87,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         backend = self._ready()
         count, most = len(request.items), self._settings.max_ingest_items
         if not 1 <= count <= most:
-            raise InvalidArgument(f"items: {count} items in one request; send 1 to {most}")
+            raise InvalidArgument(
+                f"items: {count} items in one request; send 1 to {most}",
+                reason="ITEM_COUNT_OUT_OF_RANGE",
+                field="items",
+                metadata={"count": str(count), "limit": str(most)},
+            )
         seen: dict[str, int] = {}
         for index, item in enumerate(request.items):
             if item.key in seen:
                 raise InvalidArgument(
                     f"items[{index}].key: {item.key!r} repeats items[{seen[item.key]}]; "
-                    "keys must be distinct within one request"
+                    "keys must be distinct within one request",
+                    reason="DUPLICATE_KEY",
+                    field=f"items[{index}].key",
+                    metadata={"key": item.key},
                 )
             seen[item.key] = index
         collection = await _collection(backend.store, request.collection)
@@ -136,13 +145,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         settings = self._settings
         top_k = request.top_k or settings.default_top_k
         if top_k > settings.max_top_k:
-            raise InvalidArgument(f"top_k: {top_k} is above the maximum, {settings.max_top_k}")
+            raise InvalidArgument(
+                f"top_k: {top_k} is above the maximum, {settings.max_top_k}",
+                reason="TOP_K_TOO_LARGE",
+                field="top_k",
+                metadata={"limit": str(settings.max_top_k)},
+            )
         max_distance = math.inf
         if request.HasField("max_distance"):
             max_distance = request.max_distance
             if not (max_distance >= 0 and math.isfinite(max_distance)):
                 raise InvalidArgument(
-                    f"max_distance: must be a finite number >= 0, got {max_distance}"
+                    f"max_distance: must be a finite number >= 0, got {max_distance}",
+                    reason="INVALID_MAX_DISTANCE",
+                    field="max_distance",
                 )
         offset, token_mode, token_version = 0, 0, 0
         binding = convert.query_binding(request)
@@ -151,7 +167,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 request.page_token, key=backend.page_token_key, binding=binding
             )
         if offset > MAX_OFFSET:
-            raise InvalidArgument(f"page_token: pages end at {MAX_OFFSET} hits")
+            raise InvalidArgument(
+                f"page_token: pages end at {MAX_OFFSET} hits",
+                reason="PAGE_OUT_OF_RANGE",
+                field="page_token",
+            )
         metadata_filter = (
             convert.struct_value(request.filter, "filter") if request.HasField("filter") else None
         )
@@ -169,7 +189,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             else search_pb2.SEARCH_MODE_EXACT
         )
         if request.page_token and token_mode != mode:
-            raise InvalidArgument("page_token: was issued for a search in another mode")
+            raise InvalidArgument(
+                "page_token: was issued for a search in another mode",
+                reason="INVALID_PAGE_TOKEN",
+                field="page_token",
+            )
         query = Query(
             vector=vector,
             limit=top_k + 1,  # one more tells whether a next page exists
@@ -184,19 +208,28 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if not version:
                 raise FailedPrecondition(
                     f"collection {collection.name!r} has no projection yet; search in EXACT "
-                    "mode or call RefitProjection"
+                    "mode or call RefitProjection",
+                    reason="NO_PROJECTION",
+                    metadata={"collection": collection.name},
                 )
             probes = request.probes or settings.default_probes
             candidates = max(request.candidates or settings.default_candidates, offset + top_k + 1)
             if candidates > MAX_CANDIDATES:
-                raise InvalidArgument(f"candidates: at most {MAX_CANDIDATES}")
+                raise InvalidArgument(
+                    f"candidates: at most {MAX_CANDIDATES}",
+                    reason="TOO_MANY_CANDIDATES",
+                    field="candidates",
+                    metadata={"limit": str(MAX_CANDIDATES)},
+                )
             hits = await backend.ranker.fast(
                 collection, version, query, probes=probes, candidates=candidates
             )
         elif mode == search_pb2.SEARCH_MODE_EXACT:
             hits = await backend.ranker.exact(collection, query)
         else:
-            raise InvalidArgument(f"mode: unknown value {request.mode}")
+            raise InvalidArgument(
+                f"mode: unknown value {request.mode}", reason="UNKNOWN_MODE", field="mode"
+            )
 
         response.mode = mode
         response.projection_version = version
@@ -211,7 +244,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 if not response.hits:
                     raise ResourceExhausted(
                         f"hit {found.key!r} alone is over the {settings.max_message_bytes}"
-                        "-byte message limit (its metadata); it cannot be returned"
+                        "-byte message limit (its metadata); it cannot be returned",
+                        reason="HIT_TOO_LARGE",
+                        metadata={"collection": collection.name, "key": found.key},
+                        retryable=False,
                     )
                 more = True
                 break
@@ -237,32 +273,37 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         store, extractor = backend.store, backend.extractor
         kind = request.WhichOneof("query")
         if kind is None:
-            raise InvalidArgument("query: set one of image, key or vector")
+            raise InvalidArgument(
+                "query: set one of image, key or vector", reason="QUERY_REQUIRED", field="query"
+            )
         if kind == "key":
             convert.check_key(request.key, "key")
             return unit(await store.embedding(collection, request.key)), request.key
         if kind == "vector":
             dimension = collection.model.dimension if collection.model else None
             values = convert.vector(
-                request.vector.values, dimension or len(request.vector.values) or 1, "vector"
+                request.vector.values,
+                dimension or len(request.vector.values) or 1,
+                "vector",
+                path="vector.values",
             )
             return (unit(values) if collection.model else None), None
         if not request.image:
-            raise InvalidArgument("image: the image is empty")
+            raise InvalidArgument("image: the image is empty", reason="EMPTY_IMAGE", field="image")
         # Decoded even when the collection is empty: a bad image is refused either way.
         model, [outcome] = await extractor.embed(
             [("query", request.image)], timeout_s=self._timeout(context)
         )
         if outcome.vector is None:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            code = next((c for c in grpc.StatusCode if c.value[0] == outcome.error_code), code)
-            raise error_for(code, f"image: {outcome.error_message}")
+            raise outcome.error(f"image: {outcome.error_message}", field="image")
         if collection.model is None:
             return None, None
         if model != collection.model:
             raise FailedPrecondition(
                 f"the extractor serves {model.describe()}, but collection {collection.name!r} "
-                f"holds {collection.model.describe()}"
+                f"holds {collection.model.describe()}",
+                reason="MODEL_MISMATCH",
+                metadata={"collection": collection.name},
             )
         return unit(outcome.vector), None
 
@@ -292,7 +333,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.DeleteImagesResponse:
         store = self._ready().store
         if not 1 <= len(request.keys) <= MAX_DELETE_KEYS:
-            raise InvalidArgument(f"keys: send 1 to {MAX_DELETE_KEYS} keys")
+            raise InvalidArgument(
+                f"keys: send 1 to {MAX_DELETE_KEYS} keys",
+                reason="KEY_COUNT_OUT_OF_RANGE",
+                field="keys",
+                metadata={"limit": str(MAX_DELETE_KEYS)},
+            )
         for index, key in enumerate(request.keys):
             convert.check_key(key, f"keys[{index}]")
         collection = await _collection(store, request.collection)
@@ -325,7 +371,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.DeleteCollectionResponse:
         store = self._ready().store
         if not request.name:
-            raise InvalidArgument("name: the collection to delete is required")
+            raise InvalidArgument(
+                "name: the collection to delete is required", reason="NAME_REQUIRED", field="name"
+            )
         convert.check_collection_name(request.name, "name")
         return search_pb2.DeleteCollectionResponse(
             deleted_images=await store.delete_collection(request.name)
@@ -348,7 +396,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if request.dimensions > MAX_BOUNDED_DIMENSIONS:
             raise InvalidArgument(
                 f"dimensions: {request.dimensions} is above {MAX_BOUNDED_DIMENSIONS} (a cube "
-                "holds at most 100: the coordinates and the residual's norm)"
+                "holds at most 100: the coordinates and the residual's norm)",
+                reason="TOO_MANY_DIMENSIONS",
+                field="dimensions",
+                metadata={"limit": str(MAX_BOUNDED_DIMENSIONS)},
             )
         collection = await _collection(store, request.collection)
         info = await refitter.refit(collection, dimensions=request.dimensions, lists=request.lists)
@@ -380,8 +431,6 @@ async def _collection(store: Store, name: str) -> Collection:
 
 
 def _failed(key: str, error: ServiceError) -> search_pb2.IngestResult:
-    return search_pb2.IngestResult(
-        key=key,
-        status=search_pb2.INGEST_STATUS_FAILED,
-        error=search_pb2.ItemError(code=error.code.value[0], message=error.message),
-    )
+    result = search_pb2.IngestResult(key=key)
+    fail(result, error)
+    return result

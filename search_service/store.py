@@ -62,7 +62,11 @@ class Store:
         async with database_errors():
             row = await self.pool.fetchrow(sql.COLLECTION_BY_NAME, name)
         if row is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise NotFound(
+                f"collection {name!r} does not exist",
+                reason="COLLECTION_NOT_FOUND",
+                metadata={"collection": name},
+            )
         return _collection(row)
 
     async def collections(self) -> list[Collection]:
@@ -75,7 +79,9 @@ class Store:
         if not _NAME.match(name):
             raise InvalidArgument(
                 f"name: {name!r} is not a valid collection name (1-63 letters, digits, '.', "
-                "'_' or '-', starting with a letter or digit)"
+                "'_' or '-', starting with a letter or digit)",
+                reason="INVALID_COLLECTION_NAME",
+                field="name",
             )
         args = (model.name, model.version, model.dimension) if model else (None, None, None)
         async with database_errors(), self.pool.acquire() as connection, connection.transaction():
@@ -85,11 +91,18 @@ class Store:
             if count >= max_collections:
                 raise ResourceExhausted(
                     f"name: the database holds {count} collections, the most allowed "
-                    f"(SEARCH_MAX_COLLECTIONS); delete one first"
+                    f"(SEARCH_MAX_COLLECTIONS); delete one first",
+                    reason="TOO_MANY_COLLECTIONS",
+                    metadata={"limit": str(max_collections)},
+                    retryable=False,
                 )
             row = await connection.fetchrow(sql.CREATE_COLLECTION, name, *args)
         if row is None:
-            raise AlreadyExists(f"collection {name!r} already exists")
+            raise AlreadyExists(
+                f"collection {name!r} already exists",
+                reason="COLLECTION_EXISTS",
+                metadata={"collection": name},
+            )
         return _collection(row)
 
     async def delete_collection(self, name: str) -> int:
@@ -128,7 +141,11 @@ class Store:
             async with database_errors():
                 row = await self.pool.fetchrow(sql.PROJECTION_MODEL, collection.id, version)
             if row is None:
-                raise NotFound(f"projection {version} of {collection.name!r} is gone")
+                raise NotFound(
+                    f"projection {version} of {collection.name!r} is gone",
+                    reason="PROJECTION_NOT_FOUND",
+                    metadata={"collection": collection.name, "version": str(version)},
+                )
             projection = await asyncio.to_thread(Projection.from_bytes, row["model"])
             self._versions[cache_key] = ProjectionVersion(version, projection, row["bounded"])
         return self._versions[cache_key]
@@ -234,7 +251,9 @@ class Store:
         if bound != model:
             raise FailedPrecondition(
                 f"collection {collection.name!r} holds vectors of {bound.describe()}; "
-                f"refusing vectors of {model.describe()}"
+                f"refusing vectors of {model.describe()}",
+                reason="MODEL_MISMATCH",
+                metadata={"collection": collection.name},
             )
 
     @staticmethod
@@ -260,14 +279,22 @@ class Store:
         async with database_errors():
             data = await self.pool.fetchval(sql.EMBEDDING_OF, collection.id, key)
         if data is None:
-            raise NotFound(f"key {key!r} is not in collection {collection.name!r}")
+            raise NotFound(
+                f"key {key!r} is not in collection {collection.name!r}",
+                reason="KEY_NOT_FOUND",
+                metadata={"collection": collection.name, "key": key},
+            )
         return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
     async def image(self, collection: Collection, key: str) -> StoredImage:
         async with database_errors():
             row = await self.pool.fetchrow(sql.IMAGE, collection.id, key)
         if row is None:
-            raise NotFound(f"key {key!r} is not in collection {collection.name!r}")
+            raise NotFound(
+                f"key {key!r} is not in collection {collection.name!r}",
+                reason="KEY_NOT_FOUND",
+                metadata={"collection": collection.name, "key": key},
+            )
         return StoredImage(
             key=row["key"],
             content_sha256=row["content_sha256"],

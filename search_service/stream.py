@@ -115,8 +115,9 @@ async def _batches(
         await queue.put(None)
 
     reader = asyncio.create_task(read())
-    # (collection, item, closes its message); an item of None stands for a bad message,
-    # raised once the items before it are batched.
+    # (collection, item, closes its message); an item of None stands for a message with
+    # no items (its index in place of the collection), raised once the items before it
+    # are batched.
     waiting: collections.deque[tuple[str, search_pb2.IngestItem | None, bool]]
     waiting = collections.deque()
     received = 0
@@ -124,7 +125,7 @@ async def _batches(
     def unpack(request: search_pb2.IngestStreamRequest) -> None:
         nonlocal received
         if not request.items:
-            waiting.append((f"request message {received}: items: send at least one", None, True))
+            waiting.append((str(received), None, True))
         received += 1
         last = len(request.items) - 1
         for i, item in enumerate(request.items):
@@ -139,7 +140,12 @@ async def _batches(
                     return
                 unpack(request)
             if waiting[0][1] is None:
-                raise InvalidArgument(waiting[0][0])
+                raise InvalidArgument(
+                    f"request message {waiting[0][0]}: items: send at least one",
+                    reason="ITEM_COUNT_OUT_OF_RANGE",
+                    field="items",
+                    metadata={"message": waiting[0][0]},
+                )
             batch = _Batch(waiting[0][0])
             while len(batch.items) < size:
                 if not waiting:

@@ -223,7 +223,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if caller is not None and caller.role < need:
             raise PermissionDenied(
                 f"{method} needs role {need.name.lower()}; caller {caller.name!r} "
-                f"has {caller.role.name.lower()}"
+                f"has {caller.role.name.lower()}",
+                reason="ROLE_NOT_ALLOWED",
+                metadata={"method": method, "required_role": need.name.lower()},
             )
         if self._limiter is not None:
             key = caller.name if caller else _peer_host(context.peer())
@@ -231,7 +233,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if wait > 0:
                 raise ResourceExhausted(
                     f"rate limit of {self._limiter.rate:g} requests/s for {key!r} exceeded; "
-                    f"retry in {wait:.2f} s"
+                    f"retry in {wait:.2f} s",
+                    reason="RATE_LIMITED",
+                    retry_after=wait,
                 )
 
     def _authenticate(
@@ -245,10 +249,15 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if values:
             scheme, _, token = str(values[0]).partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+                raise Unauthenticated(
+                    "the authorization metadata must be 'Bearer <token>'",
+                    reason="MALFORMED_CREDENTIALS",
+                )
             caller = callers.by_token(token.strip())
             if caller is None:
-                raise Unauthenticated("the bearer token is not (or no longer) valid")
+                raise Unauthenticated(
+                    "the bearer token is not (or no longer) valid", reason="INVALID_TOKEN"
+                )
             return caller
         identities = [i.decode() for i in context.peer_identities() or ()]
         for identity in identities:
@@ -257,11 +266,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if identities:
             raise Unauthenticated(
                 f"client certificate {identities[0]!r} is not a configured caller, "
-                "and no bearer token was sent"
+                "and no bearer token was sent",
+                reason="UNKNOWN_CLIENT_CERTIFICATE",
             )
         raise Unauthenticated(
             "no credentials: send 'authorization: Bearer <token>' metadata "
-            "or a client certificate of a configured caller"
+            "or a client certificate of a configured caller",
+            reason="NO_CREDENTIALS",
         )
 
 

@@ -11,12 +11,15 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from service_core.errors import InvalidArgument, ServiceError
+from service_core.errors import InvalidArgument, ServiceError, rich_status
 from service_core.handlers import rewrap
 from service_core.metrics import RpcMetrics, rpc_type
 
 log = logging.getLogger(__name__)
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
 
 # A handler's behaviour: (request or request iterator, context) -> response(s).
 Behavior = Callable[..., Any]
@@ -170,16 +173,33 @@ def _code_for(error: BaseException, context: grpc.aio.ServicerContext[Any, Any])
 async def _end_call(
     error: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str
 ) -> None:
-    """Ends the call that raised ``error``; always raises."""
+    """Ends the call that raised ``error`` with a google.rpc.Status; always raises.
+
+    The status travels as grpc-status-details-bin trailing metadata (grpcio-status),
+    beside any trailing metadata the call already set.
+    """
     if isinstance(error, ServiceError):
-        log.info("%s failed: %s", method, error.message, extra={"code": error.code.name})
-        await context.abort(error.code, error.message)
+        log.info(
+            "%s failed: %s",
+            method,
+            error.message,
+            extra={"code": error.code.name, "reason": error.reason},
+        )
+        await _abort(context, error.status())
     if isinstance(error, grpc.aio.AbortError) or not isinstance(error, Exception):
         raise error
     if _unimplemented(error, context):
         # A generated base servicer's stub (grpc.health.v1 Health/List in
         # grpcio-health-checking) sets UNIMPLEMENTED, then raises.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
+        await _abort(
+            context,
+            rich_status(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{method} is not implemented",
+                reason="UNIMPLEMENTED",
+                metadata={"method": method},
+            ),
+        )
     correlation_id = uuid.uuid4().hex[:16]
     log.error(
         "%s raised an unexpected error",
@@ -187,9 +207,36 @@ async def _end_call(
         exc_info=error,
         extra={"correlation_id": correlation_id},
     )
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})"
+    await _abort(
+        context,
+        rich_status(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (correlation id {correlation_id})",
+            reason="INTERNAL",
+            metadata={"correlation_id": correlation_id},
+        ),
     )
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    wire = rpc_status.to_status(status)
+    kept = tuple(context.trailing_metadata() or ())
+    await context.abort(
+        wire.code, wire.details, (*kept, *wire.trailing_metadata, *_pushback(status))
+    )
+
+
+def _pushback(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:
+    """The RetryInfo as gRPC's own retry pushback, which a client's retry policy obeys:
+    wait that long, or (a transient code the server says waiting cannot cure) do not
+    retry at all."""
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return (("grpc-retry-pushback-ms", str(retry.retry_delay.ToMilliseconds())),)
+    if status.code in _TRANSIENT:
+        return (("grpc-retry-pushback-ms", "-1"),)
+    return ()
 
 
 def _unimplemented(error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> bool:

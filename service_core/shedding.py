@@ -34,7 +34,9 @@ class Budget:
         if self.max_calls and self.calls >= self.max_calls:
             raise ResourceExhausted(
                 f"{method}: the server is at its limit of {self.max_calls} calls in flight; "
-                "retry with backoff"
+                "retry with backoff",
+                reason="SERVER_OVERLOADED",
+                metadata={"method": method, "limit": str(self.max_calls)},
             )
         self.calls += 1
 
@@ -47,7 +49,9 @@ class Budget:
         if self.max_bytes and self.bytes and self.bytes + size > self.max_bytes:
             raise ResourceExhausted(
                 f"{method}: the server holds {self.bytes} request bytes, a {size}-byte "
-                f"message would pass its limit of {self.max_bytes}; retry with backoff"
+                f"message would pass its limit of {self.max_bytes}; retry with backoff",
+                reason="SERVER_OVERLOADED",
+                metadata={"method": method, "limit_bytes": str(self.max_bytes)},
             )
         self.bytes += size
 
@@ -95,7 +99,10 @@ class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _admit(self, method: str, context: Context) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded(f"{method}: the deadline passed before the call started")
+            raise DeadlineExceeded(
+                f"{method}: the deadline passed before the call started",
+                reason="DEADLINE_EXCEEDED_BEFORE_START",
+            )
         self.budget.admit_call(method)
 
     async def _charged(self, requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:

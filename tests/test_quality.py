@@ -22,6 +22,7 @@ from evaluation.metrics import (
     score,
 )
 from evaluation.ranking import rank, unit_rows
+from imagesearch.client import AsyncSearchClient, Connection
 
 # API and numpy compute the same distances in different float order: they may differ in
 # the last bits, which only matters for exactly tied distances.
@@ -58,7 +59,8 @@ async def api(database_url: str, lite0_model_dir: Path) -> AsyncIterator[Api]:
     async with Stack() as stack:
         extractor = await stack.extractor(lite0_model_dir)
         search = await stack.search(database_url, extractor_address=address(extractor))
-        yield Api(stack.search_stub(search), stack.extractor_stub(extractor))
+        async with AsyncSearchClient(Connection(address(search))) as client:
+            yield Api(client, stack.extractor_stub(extractor))
 
 
 async def test_api_ranks_as_well_as_numpy_on_the_same_vectors(api: Api) -> None:

@@ -22,39 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(imagesearch/extractor/v1/extractor.proto\x12\x18imagesearch.extractor.v1\"!\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x94\x01\n\x0b\x45mbedResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\tembedding\x18\x02 \x01(\x0b\x32#.imagesearch.extractor.v1.EmbeddingH\x00\x12\x34\n\x05\x65rror\x18\x03 \x01(\x0b\x32#.imagesearch.extractor.v1.ItemErrorH\x00\x42\t\n\x07outcome\"R\n\x0c\x45mbedRequest\x12/\n\x06images\x18\x01 \x03(\x0b\x32\x1f.imagesearch.extractor.v1.Image\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"z\n\rEmbedResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.imagesearch.extractor.v1.EmbedResult\x12\x31\n\x05model\x18\x02 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\"W\n\x12\x45mbedStreamRequest\x12.\n\x05image\x18\x01 \x01(\x0b\x32\x1f.imagesearch.extractor.v1.Image\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x7f\n\x13\x45mbedStreamResponse\x12\x35\n\x06result\x18\x01 \x01(\x0b\x32%.imagesearch.extractor.v1.EmbedResult\x12\x31\n\x05model\x18\x02 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\"\x15\n\x13GetModelInfoRequest\"\xcf\x01\n\tModelInfo\x12/\n\x03ref\x18\x01 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\r\x12\x13\n\x0bresize_size\x18\x04 \x01(\r\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x08 \x01(\t\x12\x16\n\x0eweights_source\x18\t \x01(\t\"\xb5\x01\n\x14GetModelInfoResponse\x12\x32\n\x05model\x18\x01 \x01(\x0b\x32#.imagesearch.extractor.v1.ModelInfo\x12\x1b\n\x13\x65xecution_providers\x18\x02 \x03(\t\x12\x1a\n\x12max_request_images\x18\x03 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x05 \x01(\x04\x32\xcb\x02\n\x10\x45xtractorService\x12X\n\x05\x45mbed\x12&.imagesearch.extractor.v1.EmbedRequest\x1a\'.imagesearch.extractor.v1.EmbedResponse\x12n\n\x0b\x45mbedStream\x12,.imagesearch.extractor.v1.EmbedStreamRequest\x1a-.imagesearch.extractor.v1.EmbedStreamResponse(\x01\x30\x01\x12m\n\x0cGetModelInfo\x12-.imagesearch.extractor.v1.GetModelInfoRequest\x1a..imagesearch.extractor.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(imagesearch/extractor/v1/extractor.proto\x12\x18imagesearch.extractor.v1\x1a\x17google/rpc/status.proto\"!\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbc\x01\n\x0b\x45mbedResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\tembedding\x18\x02 \x01(\x0b\x32#.imagesearch.extractor.v1.EmbeddingH\x00\x12\x34\n\x05\x65rror\x18\x03 \x01(\x0b\x32#.imagesearch.extractor.v1.ItemErrorH\x00\x12&\n\nrpc_status\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\t\n\x07outcome\"R\n\x0c\x45mbedRequest\x12/\n\x06images\x18\x01 \x03(\x0b\x32\x1f.imagesearch.extractor.v1.Image\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"z\n\rEmbedResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.imagesearch.extractor.v1.EmbedResult\x12\x31\n\x05model\x18\x02 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\"W\n\x12\x45mbedStreamRequest\x12.\n\x05image\x18\x01 \x01(\x0b\x32\x1f.imagesearch.extractor.v1.Image\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x7f\n\x13\x45mbedStreamResponse\x12\x35\n\x06result\x18\x01 \x01(\x0b\x32%.imagesearch.extractor.v1.EmbedResult\x12\x31\n\x05model\x18\x02 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\"\x15\n\x13GetModelInfoRequest\"\xcf\x01\n\tModelInfo\x12/\n\x03ref\x18\x01 \x01(\x0b\x32\".imagesearch.extractor.v1.ModelRef\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\r\x12\x13\n\x0bresize_size\x18\x04 \x01(\r\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x08 \x01(\t\x12\x16\n\x0eweights_source\x18\t \x01(\t\"\xb5\x01\n\x14GetModelInfoResponse\x12\x32\n\x05model\x18\x01 \x01(\x0b\x32#.imagesearch.extractor.v1.ModelInfo\x12\x1b\n\x13\x65xecution_providers\x18\x02 \x03(\t\x12\x1a\n\x12max_request_images\x18\x03 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x05 \x01(\x04\x32\xcb\x02\n\x10\x45xtractorService\x12X\n\x05\x45mbed\x12&.imagesearch.extractor.v1.EmbedRequest\x1a\'.imagesearch.extractor.v1.EmbedResponse\x12n\n\x0b\x45mbedStream\x12,.imagesearch.extractor.v1.EmbedStreamRequest\x1a-.imagesearch.extractor.v1.EmbedStreamResponse(\x01\x30\x01\x12m\n\x0cGetModelInfo\x12-.imagesearch.extractor.v1.GetModelInfoRequest\x1a..imagesearch.extractor.v1.GetModelInfoResponseB\xc6\x01\n\x1c\x64\x65v.imagesearch.extractor.v1B\x0e\x45xtractorProtoP\x01Z;imagesearch.dev/gen/go/imagesearch/extractor/v1;extractorv1\xa2\x02\x03IEX\xaa\x02\x18ImageSearch.Extractor.V1\xca\x02\x18ImageSearch\\Extractor\\V1\xea\x02\x1aImageSearch::Extractor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.extractor.v1.extractor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_IMAGE']._serialized_start=70
-  _globals['_IMAGE']._serialized_end=103
-  _globals['_MODELREF']._serialized_start=105
-  _globals['_MODELREF']._serialized_end=165
-  _globals['_EMBEDDING']._serialized_start=167
-  _globals['_EMBEDDING']._serialized_end=194
-  _globals['_ITEMERROR']._serialized_start=196
-  _globals['_ITEMERROR']._serialized_end=238
-  _globals['_EMBEDRESULT']._serialized_start=241
-  _globals['_EMBEDRESULT']._serialized_end=389
-  _globals['_EMBEDREQUEST']._serialized_start=391
-  _globals['_EMBEDREQUEST']._serialized_end=473
-  _globals['_EMBEDRESPONSE']._serialized_start=475
-  _globals['_EMBEDRESPONSE']._serialized_end=597
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=599
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=686
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=688
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=815
-  _globals['_GETMODELINFOREQUEST']._serialized_start=817
-  _globals['_GETMODELINFOREQUEST']._serialized_end=838
-  _globals['_MODELINFO']._serialized_start=841
-  _globals['_MODELINFO']._serialized_end=1048
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1051
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1232
-  _globals['_EXTRACTORSERVICE']._serialized_start=1235
-  _globals['_EXTRACTORSERVICE']._serialized_end=1566
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\034dev.imagesearch.extractor.v1B\016ExtractorProtoP\001Z;imagesearch.dev/gen/go/imagesearch/extractor/v1;extractorv1\242\002\003IEX\252\002\030ImageSearch.Extractor.V1\312\002\030ImageSearch\\Extractor\\V1\352\002\032ImageSearch::Extractor::V1'
+  _globals['_IMAGE']._serialized_start=95
+  _globals['_IMAGE']._serialized_end=128
+  _globals['_MODELREF']._serialized_start=130
+  _globals['_MODELREF']._serialized_end=190
+  _globals['_EMBEDDING']._serialized_start=192
+  _globals['_EMBEDDING']._serialized_end=219
+  _globals['_ITEMERROR']._serialized_start=221
+  _globals['_ITEMERROR']._serialized_end=263
+  _globals['_EMBEDRESULT']._serialized_start=266
+  _globals['_EMBEDRESULT']._serialized_end=454
+  _globals['_EMBEDREQUEST']._serialized_start=456
+  _globals['_EMBEDREQUEST']._serialized_end=538
+  _globals['_EMBEDRESPONSE']._serialized_start=540
+  _globals['_EMBEDRESPONSE']._serialized_end=662
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=664
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=751
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=753
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=880
+  _globals['_GETMODELINFOREQUEST']._serialized_start=882
+  _globals['_GETMODELINFOREQUEST']._serialized_end=903
+  _globals['_MODELINFO']._serialized_start=906
+  _globals['_MODELINFO']._serialized_end=1113
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1116
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1297
+  _globals['_EXTRACTORSERVICE']._serialized_start=1300
+  _globals['_EXTRACTORSERVICE']._serialized_end=1631
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -143,6 +144,7 @@ class EmbedResult(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    RPC_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The item's id as sent, or "#<index>" when it was sent without one."""
     @_builtins.property
@@ -153,16 +155,24 @@ class EmbedResult(_message.Message):
     def error(self) -> Global___ItemError:
         """Why the item has no embedding."""
 
+    @_builtins.property
+    def rpc_status(self) -> _status_pb2.Status:
+        """Set when the item has no embedding: the same code and message as error, with
+        details (google.rpc.ErrorInfo with the reason, google.rpc.BadRequest naming the
+        field). Outside the oneof so that clients built before it keep reading error.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         embedding: Global___Embedding | None = ...,
         error: Global___ItemError | None = ...,
+        rpc_status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "outcome", b"outcome", "rpc_status", b"rpc_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "id", b"id", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "id", b"id", "outcome", b"outcome", "rpc_status", b"rpc_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["embedding", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -299,6 +300,7 @@ class IngestResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    RPC_STATUS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The item's key."""
     status: Global___IngestStatus.ValueType
@@ -309,6 +311,13 @@ class IngestResult(_message.Message):
     def error(self) -> Global___ItemError:
         """Set when status is INGEST_STATUS_FAILED."""
 
+    @_builtins.property
+    def rpc_status(self) -> _status_pb2.Status:
+        """Set when status is INGEST_STATUS_FAILED: the same code and message as error, with
+        details (google.rpc.ErrorInfo with the reason, google.rpc.BadRequest naming the
+        field, google.rpc.RetryInfo when a retry may succeed). See docs/errors.md.
+        """
+
     def __init__(
         self,
         *,
@@ -316,10 +325,11 @@ class IngestResult(_message.Message):
         status: Global___IngestStatus.ValueType = ...,
         error: Global___ItemError | None = ...,
         content_sha256: _builtins.str = ...,
+        rpc_status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "rpc_status", b"rpc_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "error", b"error", "key", b"key", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "error", b"error", "key", b"key", "rpc_status", b"rpc_status", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
