@@ -25,10 +25,14 @@ TEST_PACKAGES := $(RUN_PACKAGES) darknet dataset-fashion-mnist
 COVERAGE_FLOOR ?= 78
 
 # What `make check` runs `buf breaking` against: where this branch left main (the local
-# branch, else origin's), or HEAD itself on a clone where there is no main to compare with.
-# Read from the local git history, so offline. Override with BREAKING_BASE=<commit>.
-BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null \
-	|| git merge-base HEAD origin/main 2>/dev/null || git rev-parse HEAD)
+# branch, else origin's); on main itself, the commit before HEAD (its first parent, so the
+# change that landed last), or HEAD on a shallow clone with no history. Read from the
+# local git history, so offline. Override with BREAKING_BASE=<commit>.
+BREAKING_BASE ?= $(shell head=$$(git rev-parse HEAD); \
+	base=$$(git merge-base HEAD main 2>/dev/null || git merge-base HEAD origin/main 2>/dev/null \
+		|| echo $$head); \
+	if [ "$$base" = "$$head" ]; then git rev-parse --verify -q 'HEAD^1' || echo $$head; \
+	else echo $$base; fi)
 
 .PHONY: setup lock version protos model run test test-fast system-run system-test check \
 	lint format bench eval deploy-check clean
