@@ -11,7 +11,7 @@ import pytest
 
 from search_service.settings import SearchSettings
 from service_core.auth import Callers, Role
-from tests.deploy.conftest import EXTERNAL, OVERLAYS, Objects
+from tests.deploy.conftest import CITUS, EXTERNAL, OVERLAYS, Objects
 from tests.deploy.test_manifests import ALL, find, one, selects, server_settings
 
 
@@ -154,6 +154,10 @@ def test_search_egress_reaches_only_postgres_the_extractor_and_dns(
             elif ports == {(5432, "TCP")}:
                 if name == EXTERNAL:
                     assert set(peer) == {"ipBlock"}
+                elif name == CITUS:
+                    # The coordinator only: the workers are its business.
+                    expected = {"app.kubernetes.io/name": "citus-coordinator"}
+                    assert peer == {"podSelector": {"matchLabels": expected}}
                 else:
                     [cluster] = find(objects, "Cluster")
                     expected = {"cnpg.io/cluster": cluster["metadata"]["name"]}
