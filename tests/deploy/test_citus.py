@@ -194,7 +194,7 @@ def test_network_policies_allow_only_the_citus_paths(rendered: dict[str, Objects
         }
 
     assert callers("citus-coordinator") == {"search", "citus-register", "citus-worker"}
-    assert callers("citus-worker") == {"citus-coordinator", "citus-worker"}
+    assert callers("citus-worker") == {"citus-coordinator", "citus-worker", "citus-register"}
 
 
 # The scripts of the citus-scripts ConfigMap, run as the pods run them, against three
@@ -292,6 +292,7 @@ def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them
         "REGISTER_INTERVAL_S": "1",
         "WAIT_INTERVAL_S": "0.2",
         "PGUSER": APP_USER,
+        "PGPASSWORD": "superuser",
     }
     # Before registration the search pods' init container keeps waiting.
     with pytest.raises(subprocess.TimeoutExpired):
@@ -310,6 +311,18 @@ def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them
         ("127.0.0.1", node.port, "t") for node in citus_nodes
     }
     assert [r[1] for r in rows if int(r[3]) == coordinator.port] == ["0"]  # the coordinator
+    # Every node holds both roles' passwords for its connections to the others.
+    for node in citus_nodes:
+        stored = node.psql(
+            "SELECT rolename, nodeid, authinfo FROM pg_dist_authinfo ORDER BY 1, 2", DATABASE
+        )
+        quoted = "password='it\\'s a \\\\pass word'"
+        assert stored.splitlines() == [
+            f"{APP_USER}|-1|{quoted}",
+            f"{APP_USER}|0|{quoted}",
+            "postgres|-1|password='superuser'",
+            "postgres|0|password='superuser'",
+        ]
     done = run_script(objects, "wait-for-workers.sh", env, timeout=30)
     assert done.returncode == 0, done.stderr
     # The app role, through the coordinator: a distributed table with a cube column,
