@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import textwrap
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -17,7 +18,7 @@ import pytest
 
 from devenv.postgres import LocalPostgres
 from search_service.settings import SearchSettings
-from tests.deploy.conftest import CITUS, Objects
+from tests.deploy.conftest import CITUS, DEPLOY, K8S, Objects, kustomize
 from tests.deploy.test_manifests import (
     find,
     one,
@@ -127,8 +128,8 @@ def test_search_is_wired_to_the_coordinator(rendered: dict[str, Objects]) -> Non
     assert not find(objects, "Secret", "citus-superuser")
 
 
-def test_registration_job_names_every_worker_pod(rendered: dict[str, Objects]) -> None:
-    objects = rendered[CITUS]
+def assert_registers_every_worker(objects: Objects) -> None:
+    """The Job registers, and the search pods wait for, each pod of the worker StatefulSet."""
     config = cluster_config(objects)
     workers = statefulset(objects, "citus-worker")["spec"]
     service = workers["serviceName"]
@@ -162,6 +163,25 @@ def test_registration_job_names_every_worker_pod(rendered: dict[str, Objects]) -
     assert script_path(objects, wait, search) == "wait-for-workers.sh"
     assert {"configMapRef": {"name": "citus-cluster"}} in wait["envFrom"]
     assert secret_refs(wait) == secret_refs(search["containers"][0])
+
+
+def test_registration_job_names_every_worker_pod(rendered: dict[str, Objects]) -> None:
+    assert_registers_every_worker(rendered[CITUS])
+    assert statefulset(rendered[CITUS], "citus-worker")["spec"]["replicas"] == 2
+
+
+def test_readme_recipe_for_adding_workers_registers_them(tmp_path: Path) -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("### Adding workers") :]
+    block = section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n")]
+    overlay = os.path.relpath(K8S / "overlays" / CITUS, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {overlay}\n" + textwrap.dedent(block)
+    )
+    objects = kustomize(tmp_path)
+    assert statefulset(objects, "citus-worker")["spec"]["replicas"] == 3
+    assert_registers_every_worker(objects)
 
 
 def test_network_policies_allow_only_the_citus_paths(rendered: dict[str, Objects]) -> None:
