@@ -199,6 +199,12 @@ def test_dashboard_is_portable_grafana_json() -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    # The namespace choices come from a series every server exports.
+    namespaces = re.fullmatch(
+        r"label_values\((\w+), namespace\)", variables["namespace"]["query"]["query"]
+    )
+    assert namespaces
+    assert namespaces.group(1) in SERIES
     ids = [p["id"] for p in panels(board)]
     assert len(ids) == len(set(ids))
     for panel in panels(board):
