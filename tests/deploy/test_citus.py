@@ -14,9 +14,11 @@ from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
 
 from devenv.postgres import LocalPostgres
+from search_service.schema import migrate
 from search_service.settings import SearchSettings
 from tests.deploy.conftest import CITUS, DEPLOY, K8S, Objects, kustomize
 from tests.deploy.test_manifests import (
@@ -250,26 +252,43 @@ def psql_as_app(node: LocalPostgres, sql: str) -> subprocess.CompletedProcess[st
     )
 
 
+# Server settings sized for the StatefulSets' machines, not applied to the local nodes.
+SIZED = {"max_connections", "shared_buffers", "work_mem", "maintenance_work_mem"}
+
+
+def server_args(objects: Objects, name: str) -> dict[str, str]:
+    """The `-c name=value` settings a node's container passes to postgres."""
+    [node] = statefulset(objects, name)["spec"]["template"]["spec"]["containers"]
+    args = node["args"]
+    assert args[0] == "postgres"
+    assert args[1::2] == ["-c"] * (len(args) // 2), args
+    return dict(arg.split("=", 1) for arg in args[2::2])
+
+
 @pytest.fixture(scope="module")
 def citus_nodes(rendered: dict[str, Objects]) -> Iterator[list[LocalPostgres]]:
     """A coordinator and two workers, set up as the image and init-db.sh set up a node."""
     root = Path(tempfile.mkdtemp(prefix="imagesearch-citus-deploy-"))
     root.chmod(0o755)
     nodes = [LocalPostgres(root / name, durable=False) for name in ("c", "w0", "w1")]
-    # The servers' own libpq (Citus's connections between nodes) looks for client
-    # certificates under $HOME, which the unprivileged server user may not enter.
+    roles = ["citus-coordinator", "citus-worker", "citus-worker"]
     if not (nodes[0].bindir.parent / "lib" / "citus.so").exists():
         pytest.skip(
             f"Citus is not installed in {nodes[0].bindir.parent} (../shared/citus/install.sh)"
         )
 
-    def prepare(node: LocalPostgres) -> None:
+    def prepare(node: LocalPostgres, role: str) -> None:
         node.start()
+        # The StatefulSet's server settings, but those sized for its machines.
+        settings = {k: v for k, v in server_args(rendered[CITUS], role).items() if k not in SIZED}
         with (node.data_dir / "postgresql.auto.conf").open("a") as conf:
             conf.write("shared_preload_libraries = 'citus'\n")
+            conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
         node.stop()
         node.start()
-        # What the image's 001-create-citus-extension.sql does.
+        # The image's database holds citus only (its 001-create-citus-extension.sql);
+        # LocalPostgres adds cube, which init-db.sh makes itself.
+        node.psql("DROP EXTENSION cube", DATABASE)
         node.psql("CREATE EXTENSION citus", DATABASE)
         environ = {"PGHOST": "127.0.0.1", "PGPORT": str(node.port), "POSTGRES_DB": DATABASE}
         environ |= {"POSTGRES_USER": "postgres", "APP_USER": APP_USER, "APP_PASSWORD": APP_PASSWORD}
@@ -281,7 +300,7 @@ def citus_nodes(rendered: dict[str, Objects]) -> Iterator[list[LocalPostgres]]:
     with mock.patch.dict(os.environ, {"HOME": str(root)}):
         try:
             with ThreadPoolExecutor(len(nodes)) as pool:
-                list(pool.map(prepare, nodes))
+                list(pool.map(prepare, nodes, roles))
             # The workers ask the app role for its password (the local clusters trust
             # everyone else), so a query that reaches them proves the coordinator has it.
             for worker in nodes[1:]:
@@ -297,12 +316,10 @@ def citus_nodes(rendered: dict[str, Objects]) -> Iterator[list[LocalPostgres]]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them(
-    rendered: dict[str, Objects], citus_nodes: list[LocalPostgres]
-) -> None:
-    objects = rendered[CITUS]
-    coordinator, *workers = citus_nodes
-    env = {
+def scripts_env(nodes: list[LocalPostgres]) -> dict[str, str]:
+    """The environment the Job and the init container give the scripts, for local nodes."""
+    coordinator, *workers = nodes
+    return {
         "CITUS_COORDINATOR": f"127.0.0.1:{coordinator.port}",
         "CITUS_WORKERS": " ".join(f"127.0.0.1:{w.port}" for w in workers),
         "DATABASE": DATABASE,
@@ -314,6 +331,14 @@ def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them
         "PGUSER": APP_USER,
         "PGPASSWORD": "superuser",
     }
+
+
+def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them(
+    rendered: dict[str, Objects], citus_nodes: list[LocalPostgres]
+) -> None:
+    objects = rendered[CITUS]
+    coordinator, *workers = citus_nodes
+    env = scripts_env(citus_nodes)
     # Before registration the search pods' init container keeps waiting.
     with pytest.raises(subprocess.TimeoutExpired):
         run_script(objects, "wait-for-workers.sh", env, timeout=2)
@@ -363,3 +388,42 @@ def test_scripts_register_the_workers_idempotently_and_the_app_role_reaches_them
     refused = psql_as_app(workers[0], "SELECT 1")
     assert refused.returncode != 0
     assert "password" in refused.stderr
+
+
+async def test_the_app_role_migrates_the_schema_on_the_registered_cluster(
+    rendered: dict[str, Objects], citus_nodes: list[LocalPostgres]
+) -> None:
+    registered = run_script(rendered[CITUS], "register.sh", scripts_env(citus_nodes))
+    assert registered.returncode == 0, registered.stderr
+    # Then what the search pods do at their first start, as the role the overlay gives
+    # them (owner of the database, no superuser).
+    coordinator, *workers = citus_nodes
+    connection = await asyncpg.connect(
+        host="127.0.0.1", port=coordinator.port, user=APP_USER, database=DATABASE
+    )
+    try:
+        assert await migrate(connection)
+        assert await connection.fetchval("SELECT to_regclass('images') IS NOT NULL")
+        # The shards of whatever the migrations distribute land on the registered
+        # workers (reference tables have a copy on the coordinator too).
+        ports = await connection.fetch(
+            "SELECT DISTINCT nodeport FROM citus_shards WHERE citus_table_type = 'distributed'"
+        )
+        assert {row["nodeport"] for row in ports} in (set(), {w.port for w in workers})
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(("index", "name"), [(0, "citus-coordinator"), (1, "citus-worker")])
+def test_node_settings_are_real_and_take_effect(
+    rendered: dict[str, Objects], citus_nodes: list[LocalPostgres], index: int, name: str
+) -> None:
+    node = citus_nodes[index]
+    settings = server_args(rendered[CITUS], name)
+    assert settings["wal_level"] == "logical"
+    known = set(node.psql("SELECT name FROM pg_settings", DATABASE).split())
+    # A misspelt citus.* name would only warn at start; here it fails.
+    assert set(settings) <= known, sorted(set(settings) - known)
+    for key, value in settings.items():
+        if key not in SIZED:
+            assert node.psql(f"SHOW {key}", DATABASE) == value, key
