@@ -18,6 +18,11 @@ OVERLAYS = ("cpu", "gpu")
 # Not an overlay of its own: the base with components/external-postgres in place of
 # components/cnpg, as deploy/README.md tells an operator with a database to do.
 EXTERNAL = "external-postgres"
+# The overlay whose database is a Citus cluster of its own StatefulSets.
+CITUS = "citus"
+# Not an overlay either: overlays/cpu with components/monitoring added, as
+# deploy/README.md tells an operator who runs the Prometheus Operator to do.
+MONITORING = "monitoring"
 
 Objects = list[dict[str, Any]]
 
@@ -41,20 +46,27 @@ def kustomize(directory: Path) -> Objects:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-@pytest.fixture(scope="session")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Objects]:
-    """Each overlay's rendered objects, and the external-database variant's."""
-    renders = {name: kustomize(K8S / "overlays" / name) for name in OVERLAYS}
-    variant = tmp_path_factory.mktemp("external-postgres")
+def variant(directory: Path, resource: Path, component: str) -> Objects:
+    """What renders when an operator adds ``component`` to the kustomization ``resource``."""
     # Kustomize takes only relative paths to other kustomizations.
-    base = os.path.relpath(K8S / "base", variant)
-    component = os.path.relpath(K8S / "components" / "external-postgres", variant)
-    (variant / "kustomization.yaml").write_text(
+    (directory / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\n"
         "kind: Kustomization\n"
         "namespace: imagesearch\n"
-        f"resources:\n  - {base}\n"
-        f"components:\n  - {component}\n"
+        f"resources:\n  - {os.path.relpath(resource, directory)}\n"
+        f"components:\n  - {os.path.relpath(K8S / 'components' / component, directory)}\n"
     )
-    renders[EXTERNAL] = kustomize(variant)
+    return kustomize(directory)
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Objects]:
+    """Each overlay's rendered objects, and those of the variants deploy/README.md names."""
+    renders = {name: kustomize(K8S / "overlays" / name) for name in (*OVERLAYS, CITUS)}
+    renders[EXTERNAL] = variant(
+        tmp_path_factory.mktemp(EXTERNAL), K8S / "base", "external-postgres"
+    )
+    renders[MONITORING] = variant(
+        tmp_path_factory.mktemp(MONITORING), K8S / "overlays" / "cpu", "monitoring"
+    )
     return renders

@@ -22,17 +22,17 @@ from search_service.settings import SearchSettings
 from service_core.config import load_settings
 from service_core.server import LIVENESS_SERVICE
 from service_core.settings import ServerSettings
-from tests.deploy.conftest import DEPLOY, EXTERNAL, OVERLAYS, ROOT, Objects
+from tests.deploy.conftest import CITUS, DEPLOY, EXTERNAL, OVERLAYS, ROOT, Objects
 
-ALL = (*OVERLAYS, EXTERNAL)
+ALL = (*OVERLAYS, EXTERNAL, CITUS)
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas known.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Custom resources: no schema in kubernetes-validate; their fields are checked below.
-CUSTOM_RESOURCES = {
-    ("postgresql.cnpg.io/v1", "Cluster"),
-    ("cert-manager.io/v1", "Certificate"),
-    ("cert-manager.io/v1", "Issuer"),
-}
+CERT_MANAGER = {("cert-manager.io/v1", "Certificate"), ("cert-manager.io/v1", "Issuer")}
+CUSTOM_RESOURCES = {("postgresql.cnpg.io/v1", "Cluster"), *CERT_MANAGER}
+# The custom resources each render holds (the rest of ALL: CUSTOM_RESOURCES).
+CUSTOM_RESOURCES_OF = {EXTERNAL: set(), CITUS: CERT_MANAGER}
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
 SETTINGS: dict[str, tuple[type[ServerSettings], str]] = {
     "extractor": (ExtractorSettings, EXTRACTOR_PREFIX),
     "search": (SearchSettings, SEARCH_PREFIX),
@@ -50,6 +50,22 @@ def one(objects: Objects, kind: str, name: str) -> dict[str, Any]:
     found = find(objects, kind, name)
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
+
+
+def pod_specs(objects: Objects) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every workload's pod spec, with the workload's kind and name."""
+    for o in objects:
+        if o["kind"] in WORKLOADS:
+            yield f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"]
+
+
+def service_config_maps(objects: Objects) -> list[dict[str, Any]]:
+    """The ConfigMaps that hold a server's settings (extractor-config-*, search-config-*)."""
+    return [
+        c
+        for c in find(objects, "ConfigMap")
+        if c["metadata"]["name"].rsplit("-", 1)[0] in {f"{s}-config" for s in SETTINGS}
+    ]
 
 
 def containers(pod_spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -125,15 +141,19 @@ def test_render_holds_every_part(rendered: dict[str, Objects], name: str) -> Non
     }.items():
         for object_name in names:
             one(objects, kind, object_name)
-    assert {o["metadata"]["name"].rsplit("-", 1)[0] for o in find(objects, "ConfigMap")} == {
-        "extractor-config",
-        "search-config",
-    }
+    others = {"citus-cluster", "citus-scripts"} if name == CITUS else set()
+    assert {o["metadata"]["name"] for o in find(objects, "ConfigMap")} - {
+        c["metadata"]["name"] for c in service_config_maps(objects)
+    } == others
+    assert len(service_config_maps(objects)) == 2
     for o in objects:
         if o["kind"] != "Namespace":
             assert o["metadata"]["namespace"] == "imagesearch", o["metadata"]["name"]
     clusters = find(objects, "Cluster")
-    assert len(clusters) == (0 if name == EXTERNAL else 1)
+    assert len(clusters) == (1 if name in OVERLAYS else 0)
+    assert {s["metadata"]["name"] for s in find(objects, "StatefulSet")} == (
+        {"citus-coordinator", "citus-worker"} if name == CITUS else set()
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -154,7 +174,7 @@ def test_objects_validate_against_kubernetes_schemas(
                     f"{o['kind']}/{o['metadata']['name']} is invalid for Kubernetes {version}: "
                     f"{error.message} at {'.'.join(map(str, error.path))}"
                 )
-    assert skipped == (set() if name == EXTERNAL else CUSTOM_RESOURCES)
+    assert skipped == CUSTOM_RESOURCES_OF.get(name, CUSTOM_RESOURCES)
 
 
 def test_yaml_sources_pass_yamllint() -> None:
@@ -211,10 +231,8 @@ def test_probes_are_native_grpc_on_the_servers_port(
 
 @pytest.mark.parametrize("name", ALL)
 def test_images_are_pinned(rendered: dict[str, Objects], name: str) -> None:
-    images = []
+    images = [c["image"] for _, spec in pod_specs(rendered[name]) for c in containers(spec)]
     for o in rendered[name]:
-        if o["kind"] == "Deployment":
-            images += [c["image"] for c in containers(o["spec"]["template"]["spec"])]
         if o["kind"] == "Cluster":
             images.append(o["spec"]["imageName"])
     assert images
@@ -234,9 +252,7 @@ def test_images_are_pinned(rendered: dict[str, Objects], name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_pods_run_unprivileged(rendered: dict[str, Objects], name: str) -> None:
-    for deployment in find(rendered[name], "Deployment"):
-        spec = deployment["spec"]["template"]["spec"]
-        where = deployment["metadata"]["name"]
+    for where, spec in pod_specs(rendered[name]):
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, where
         assert pod["runAsUser"] > 0, where
@@ -310,7 +326,7 @@ def test_grace_period_default_is_what_the_config_maps_state() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_config_maps_hold_only_real_settings(rendered: dict[str, Objects], name: str) -> None:
-    for config_map in find(rendered[name], "ConfigMap"):
+    for config_map in service_config_maps(rendered[name]):
         service = config_map["metadata"]["name"].split("-")[0]
         cls, prefix = SETTINGS[service]
         fields = {prefix + f.name.upper() for f in dataclasses.fields(cls)}
@@ -322,13 +338,13 @@ def test_config_maps_hold_only_real_settings(rendered: dict[str, Objects], name:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_container_has_requests_and_limits(rendered: dict[str, Objects], name: str) -> None:
-    for deployment in find(rendered[name], "Deployment"):
-        for container in containers(deployment["spec"]["template"]["spec"]):
+    for where, spec in pod_specs(rendered[name]):
+        for container in containers(spec):
             resources = container["resources"]
             for resource in ("cpu", "memory"):
                 request = quantity(resources["requests"][resource])
                 limit = quantity(resources["limits"][resource])
-                assert 0 < request <= limit, (deployment["metadata"]["name"], resource)
+                assert 0 < request <= limit, (where, resource)
     for cluster in find(rendered[name], "Cluster"):
         assert {"cpu", "memory"} <= set(cluster["spec"]["resources"]["requests"])
 
@@ -361,8 +377,11 @@ def test_hpa_scales_the_extractor(rendered: dict[str, Objects], name: str) -> No
         "name": "extractor",
     }
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
-    [metric] = hpa["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu"
+    kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert kinds["Resource"]["resource"]["name"] == "cpu"
+    # The GPU overlay also scales on the queue (components/queue-autoscaling): a GPU can
+    # be saturated while the pod's CPUs idle. tests/deploy/test_monitoring checks it.
+    assert set(kinds) == ({"Resource", "Pods"} if name == "gpu" else {"Resource"})
     # The HPA owns the replica count: a replicas field would reset it at every apply.
     assert "replicas" not in one(objects, "Deployment", "extractor")["spec"]
 

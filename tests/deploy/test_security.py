@@ -11,8 +11,11 @@ import pytest
 
 from search_service.settings import SearchSettings
 from service_core.auth import Callers, Role
-from tests.deploy.conftest import EXTERNAL, OVERLAYS, Objects
+from tests.deploy.conftest import CITUS, EXTERNAL, OVERLAYS, Objects
 from tests.deploy.test_manifests import ALL, find, one, selects, server_settings
+
+# The renders with components/tls.
+TLS = (*OVERLAYS, CITUS)
 
 
 def pod_spec(objects: Objects, deployment: str) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def test_no_render_ships_a_password(rendered: dict[str, Objects], name: str) -> 
     assert "CHANGE-ME" not in json.dumps(rendered[name])
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", TLS)
 def test_both_servers_serve_tls_from_renewed_certificates(
     rendered: dict[str, Objects], name: str
 ) -> None:
@@ -69,7 +72,7 @@ def test_both_servers_serve_tls_from_renewed_certificates(
     assert extractor.reflection == "off"
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", TLS)
 def test_search_reaches_the_extractor_over_mtls_as_a_configured_caller(
     rendered: dict[str, Objects], name: str
 ) -> None:
@@ -105,7 +108,7 @@ def test_search_reaches_the_extractor_over_mtls_as_a_configured_caller(
     assert callers.identities[identity].role >= Role.READER
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
+@pytest.mark.parametrize("name", TLS)
 def test_search_callers_come_from_a_secret_the_operator_makes(
     rendered: dict[str, Objects], name: str
 ) -> None:
@@ -154,6 +157,10 @@ def test_search_egress_reaches_only_postgres_the_extractor_and_dns(
             elif ports == {(5432, "TCP")}:
                 if name == EXTERNAL:
                     assert set(peer) == {"ipBlock"}
+                elif name == CITUS:
+                    # The coordinator only: the workers are its business.
+                    expected = {"app.kubernetes.io/name": "citus-coordinator"}
+                    assert peer == {"podSelector": {"matchLabels": expected}}
                 else:
                     [cluster] = find(objects, "Cluster")
                     expected = {"cnpg.io/cluster": cluster["metadata"]["name"]}
