@@ -7,7 +7,7 @@ import functools
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -18,6 +18,9 @@ from extractor_service.runtime import OnnxModel
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from service_core.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,8 +50,9 @@ def _deadline(context: Context) -> float | None:
 class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
     """Decodes on a thread pool, embeds through the batcher, never on the event loop."""
 
-    def __init__(self, settings: ExtractorSettings) -> None:
+    def __init__(self, settings: ExtractorSettings, *, tracer: Tracer | None = None) -> None:
         self._settings = settings
+        self._tracer = tracer  # None: tracing is off
         self._admission = Admission(settings.max_queue_images)
         self.engine: Engine | None = None  # set once the model is loaded
 
@@ -161,7 +165,16 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             preprocess, image.data, engine.preprocess, item=item, budget=budget
         )
         try:
-            tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
+            if self._tracer is None:
+                tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
+            else:
+                size = len(image.data)
+                attributes: dict[str, str | int] = {
+                    "imagesearch.item": item,
+                    "imagesearch.image_bytes": size,
+                }
+                with self._tracer.start_as_current_span("decode", attributes=attributes):
+                    tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:
             failure = extractor_pb2.ItemError(code=error.code.value[0], message=error.message)
             return extractor_pb2.EmbedResult(id=item, error=failure)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
+from service_core.access_log import RequestIdForwarder
 from service_core.errors import DeadlineExceeded, ServiceError, error_for
 from service_core.tls import ClientTlsFiles, ReloadingChannel
 
@@ -67,7 +69,9 @@ class ExtractorClient:
         tls: ClientTlsFiles | None = None,
         server_name: str = "",
         token: str | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
+        """``interceptors``: more grpc.aio client interceptors (tracing's), outermost first."""
         self.address = address
         self._max_bytes = max_message_bytes
         self._chunk: int | None = None
@@ -90,7 +94,16 @@ class ExtractorClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         # The channel is reopened when its certificate is renewed on disk.
-        self._channel = ReloadingChannel(address, tls=tls, server_name=server_name, options=options)
+        self._channel = ReloadingChannel(
+            address,
+            tls=tls,
+            server_name=server_name,
+            options=options,
+            interceptors=[
+                *interceptors,
+                RequestIdForwarder(),  # the call's x-request-id goes on to the extractor
+            ],
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub_channel = self._channel.channel
         self._stub = extractor_pb2_grpc.ExtractorServiceStub(self._stub_channel)

@@ -111,10 +111,12 @@ class ReloadingChannel:
         options: Sequence[tuple[str, Any]] = (),
         server_name: str = "",
         close_grace_s: float = 30.0,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         self.address = address
         self._tls = tls
         self._options = list(options)
+        self._interceptors = list(interceptors)  # grpc.aio client interceptors, outermost first
         if server_name:  # the name the certificate is for, when the address is an IP
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self._grace = close_grace_s
@@ -124,8 +126,15 @@ class ReloadingChannel:
 
     def _open(self) -> grpc.aio.Channel:
         if self._tls is None:
-            return grpc.aio.insecure_channel(self.address, options=self._options)
-        return grpc.aio.secure_channel(self.address, self._tls.credentials(), options=self._options)
+            return grpc.aio.insecure_channel(
+                self.address, options=self._options, interceptors=self._interceptors
+            )
+        return grpc.aio.secure_channel(
+            self.address,
+            self._tls.credentials(),
+            options=self._options,
+            interceptors=self._interceptors,
+        )
 
     def current(self) -> grpc.aio.Channel:
         """The channel to make the next call on, reopened first if the files changed."""
