@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_channelz.v1 import channelz_pb2, channelz_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from service_core.server import GrpcServer, PortInUse, create_server
@@ -93,7 +94,7 @@ async def test_channelz_tells_of_the_server_and_its_calls(grpcurl: str) -> None:
         assert started.channelz_port not in (0, started.port)
         # A call on the main port, so that channelz has one to count.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{started.port}") as channel:
-            await channel.unary_unary("/grpc.health.v1.Health/Check")(b"")
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{started.channelz_port}") as channel:
             stub = channelz_pb2_grpc.ChannelzStub(channel)
             servers = await stub.GetServers(channelz_pb2.GetServersRequest())
