@@ -7,7 +7,10 @@ extractor's GetModelInfo (the interceptors alone), a search by vector over 500 s
 vectors (the search service and its database queries) and a search by image (both hops,
 decode, batch wait and inference). "On" is the SDK as the services build it (a
 BatchSpanProcessor) with an exporter that drops the spans, so the figure is the SDK's
-work and not a collector's. Off and on alternate, twice each; medians over all runs.
+work and not a collector's. Off and on alternate, ``--rounds`` times each; medians over
+all runs. On a shared machine the calls' medians move by a millisecond or more from run
+to run, so it also times what one span costs the SDK alone (start, attributes, end),
+which with the spans a call makes bounds what tracing adds to it.
 The model is EfficientNet-Lite0, exported to a temporary directory unless given.
 """
 
@@ -121,16 +124,34 @@ async def _run(
         tracing.shutdown()
 
 
-async def _bench(model_dir: Path, dsn: str, counts: dict[str, int]) -> None:
+def _span_cost_us(count: int = 20000) -> float:
+    """Median microseconds one span with three attributes costs, five batches of ``count``."""
+    tracing = _tracing(_Dropped())
+    tracer = tracing.tracer("bench")
+    assert tracer is not None
+    attributes = {"rpc.system": "grpc", "rpc.service": "bench", "rpc.method": "Span"}
+    batches = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(count):
+            with tracer.start_as_current_span("span", attributes=attributes):
+                pass
+        batches.append((time.perf_counter() - started) / count * 1e6)
+    tracing.shutdown()
+    return statistics.median(batches)
+
+
+async def _bench(model_dir: Path, dsn: str, counts: dict[str, int], rounds: int) -> None:
     samples: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
     spans = 0
-    for _ in range(2):
+    for _ in range(rounds):
         for mode in ("off", "on"):
             exporter = _Dropped() if mode == "on" else None
             for name, seconds in (await _run(model_dir, dsn, exporter, counts)).items():
                 samples[mode].setdefault(name, []).extend(seconds)
             spans += exporter.spans if exporter else 0
     print(f"load average {load_average()}; spans exported while on: {spans}")
+    print(f"one span, the SDK alone: {_span_cost_us():.1f} us (median of 5 x 20000)")
     print(f"  {'call':<38} {'n':>5} {'off p50 ms':>11} {'on p50 ms':>10} {'on - off':>9}")
     for name, off in samples["off"].items():
         on = samples["on"][name]
@@ -142,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="an exported model; default: Lite0")
     parser.add_argument("--quick", action="store_true", help="fewer calls")
+    parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
     options = parser.parse_args(argv)
     scale = 5 if options.quick else 1
-    counts = {"info": 2000 // scale, "vector": 500 // scale, "image": 100 // scale}
+    counts = {"info": 1500 // scale, "vector": 400 // scale, "image": 80 // scale}
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     work.chmod(0o755)  # PostgreSQL runs as an unprivileged user under root
     cluster = LocalPostgres(work / "pg", durable=False)
@@ -159,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cluster.start()
         cluster.psql("CREATE DATABASE bench")
         cluster.psql("CREATE EXTENSION cube", "bench")
-        asyncio.run(_bench(model_dir, cluster.dsn("bench"), counts))
+        asyncio.run(_bench(model_dir, cluster.dsn("bench"), counts, options.rounds))
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)

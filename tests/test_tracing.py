@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -133,6 +135,19 @@ async def test_tracing_off_leaves_asyncpg_and_the_servers_untouched(database_url
         assert asyncpg.connection.Connection.fetch is plain
         assert app.tracing.server_interceptors() == []
         assert app.tracing.tracer("x") is None
+
+
+def test_off_nothing_of_opentelemetry_is_even_imported() -> None:
+    code = (
+        "import sys, extractor_service.app, search_service.app, service_core.main\n"
+        "from service_core.tracing import tracing_from_environment\n"
+        "assert not tracing_from_environment('x', {}).enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(
