@@ -60,20 +60,22 @@ def _tracing(exporter: _Dropped | None) -> Tracing:
     return Tracing(provider)
 
 
-async def _timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
+async def _timed(call: Callable[[], Awaitable[object]], count: int) -> tuple[list[float], float]:
+    """Each call's wall-clock seconds, and the process's CPU seconds over all of them."""
     for _ in range(max(3, count // 20)):  # warm-up: channels, caches, the model's first runs
         await call()
     samples = []
+    cpu = time.process_time()
     for _ in range(count):
         started = time.perf_counter()
         await call()
         samples.append(time.perf_counter() - started)
-    return samples
+    return samples, time.process_time() - cpu
 
 
 async def _run(
     model_dir: Path, dsn: str, exporter: _Dropped | None, counts: dict[str, int]
-) -> dict[str, list[float]]:
+) -> dict[str, tuple[list[float], float]]:
     tracing = _tracing(exporter)
     try:
         async with Stack(tracing) as stack:
@@ -143,20 +145,32 @@ def _span_cost_us(count: int = 20000) -> float:
 
 async def _bench(model_dir: Path, dsn: str, counts: dict[str, int], rounds: int) -> None:
     samples: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    # The process's CPU seconds per call: what tracing costs this process, which the
+    # machine's other load moves far less than it moves wall-clock latency.
+    cpu: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
     spans = 0
     for _ in range(rounds):
         for mode in ("off", "on"):
             exporter = _Dropped() if mode == "on" else None
-            for name, seconds in (await _run(model_dir, dsn, exporter, counts)).items():
+            for name, (seconds, busy) in (await _run(model_dir, dsn, exporter, counts)).items():
                 samples[mode].setdefault(name, []).extend(seconds)
+                cpu[mode].setdefault(name, []).append(busy / len(seconds))
             spans += exporter.spans if exporter else 0
     print(f"load average {load_average()}; spans exported while on: {spans}")
     print(f"one span, the SDK alone: {_span_cost_us():.1f} us (median of 5 x 20000)")
-    print(f"  {'call':<38} {'n':>5} {'off p50 ms':>11} {'on p50 ms':>10} {'on - off':>9}")
+    print(
+        f"  {'call':<38} {'n':>5} {'p50 ms off':>10} {'on':>8} {'on-off':>7}"
+        f" {'CPU ms/call off':>15} {'on':>7} {'on-off':>7}"
+    )
     for name, off in samples["off"].items():
         on = samples["on"][name]
         off_ms, on_ms = statistics.median(off) * 1000, statistics.median(on) * 1000
-        print(f"  {name:<38} {len(off):>5} {off_ms:>11.3f} {on_ms:>10.3f} {on_ms - off_ms:>+9.3f}")
+        cpu_off = statistics.median(cpu["off"][name]) * 1000
+        cpu_on = statistics.median(cpu["on"][name]) * 1000
+        print(
+            f"  {name:<38} {len(off):>5} {off_ms:>10.3f} {on_ms:>8.3f} {on_ms - off_ms:>+7.3f}"
+            f" {cpu_off:>15.3f} {cpu_on:>7.3f} {cpu_on - cpu_off:>+7.3f}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,7 @@ class Service:
 # server listens until it shuts down, whatever its dependencies do, so that a
 # database outage takes pods out of rotation (readiness) without restarting them.
 LIVENESS_SERVICE = "liveness"
+_CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 
 
 class PortInUse(RuntimeError):
@@ -220,7 +221,6 @@ async def _channelz_server(settings: ServerSettings) -> tuple[grpc.aio.Server, i
     return admin, bound
 
 
-_CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
