@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,7 @@ import numpy.typing as npt
 from service_core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class _Pending:
     tensor: Tensor
     future: asyncio.Future[Tensor]
     deadline: float | None  # loop.time() after which the caller no longer waits
-    trace: Any = None  # the caller's trace context, when tracing is on
+    trace: Context | None = None  # the caller's trace context, when tracing is on
     queued_ns: int = 0  # when it was queued (time.time_ns()), when tracing is on
 
 
