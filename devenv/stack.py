@@ -34,6 +34,7 @@ from search_service.app import SearchApp
 from search_service.settings import ENV_PREFIX as SEARCH_PREFIX
 from search_service.settings import SearchSettings
 from service_core.server import App
+from service_core.tracing import Tracing
 
 if TYPE_CHECKING:
     SearchStub: TypeAlias = search_pb2_grpc.SearchServiceAsyncStub
@@ -63,10 +64,12 @@ class Stack:
 
     ``close()`` (or leaving ``async with``) closes the channels, then stops the apps
     in the reverse order of their start: the search services before the extractor
-    they call.
+    they call. Every app reports its spans to ``tracing`` (off unless given); the
+    stack does not shut it down.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
+        self._tracing = tracing or Tracing()
         self._apps: list[App] = []
         self._channels: list[grpc.aio.Channel] = []
 
@@ -74,13 +77,15 @@ class Stack:
         self, model_dir: Path, *, ready: bool = True, **overrides: Any
     ) -> ExtractorApp:
         """An ExtractorApp serving ``model_dir`` on a free port; ``overrides`` are settings."""
-        app = ExtractorApp(ExtractorSettings(**{"model_dir": model_dir, **_QUICK, **overrides}))
+        settings = ExtractorSettings(**{"model_dir": model_dir, **_QUICK, **overrides})
+        app = ExtractorApp(settings, self._tracing)
         return await self._start(app, ready)
 
     async def search(self, database_url: str, *, ready: bool = True, **overrides: Any) -> SearchApp:
         """A SearchApp on ``database_url`` on a free port; ``overrides`` are settings
         (``extractor_address=address(extractor)`` wires it to an extractor)."""
-        app = SearchApp(SearchSettings(**{"database_url": database_url, **_QUICK, **overrides}))
+        settings = SearchSettings(**{"database_url": database_url, **_QUICK, **overrides})
+        app = SearchApp(settings, self._tracing)
         return await self._start(app, ready)
 
     def channel(self, target: App | str, options: Sequence[ChannelOption] = ()) -> grpc.aio.Channel:

@@ -12,6 +12,7 @@ def main() -> None:
         ExtractorApp,
         ExtractorSettings,
         prefix=ENV_PREFIX,
+        service_name="imagesearch-extractor",
         description="Semantic image search: turns images into CNN embeddings.",
     )
 

@@ -13,6 +13,7 @@ from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from service_core.auth import Role
 from service_core.server import App, Service
+from service_core.tracing import Tracing
 
 SERVICE_NAME = extractor_pb2.DESCRIPTOR.services_by_name["ExtractorService"].full_name
 
@@ -26,9 +27,11 @@ class ExtractorApp(App):
 
     settings: ExtractorSettings
 
-    def __init__(self, settings: ExtractorSettings) -> None:
-        super().__init__(settings)
-        self.servicer = ExtractorServicer(settings, self.metrics.registry)
+    def __init__(self, settings: ExtractorSettings, tracing: Tracing | None = None) -> None:
+        super().__init__(settings, tracing)
+        self.servicer = ExtractorServicer(
+            settings, self.metrics.registry, tracer=self.tracing.tracer(__name__)
+        )
 
     def services(self) -> Sequence[Service]:
         return [
@@ -60,6 +63,7 @@ class ExtractorApp(App):
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
             ran=self.servicer.metrics.ran,
+            tracer=self.tracing.tracer(__name__),
         )
         batcher.start()
         self.servicer.engine = Engine(

@@ -8,11 +8,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from service_core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class _Pending:
     tensor: Tensor
     future: asyncio.Future[Tensor]
     deadline: float | None  # loop.time() after which the caller no longer waits
+    trace: Context | None = None  # the caller's trace context, when tracing is on
+    queued_ns: int = 0  # when it was queued (time.time_ns()), when tracing is on
 
 
 class Batcher:
@@ -65,6 +72,10 @@ class Batcher:
     A batch starts with the first waiting image and takes whatever else arrives
     within ``max_wait_s``, up to ``max_batch_size``. Images whose caller has gone
     (cancelled, or past its deadline) are dropped before the run.
+
+    With a ``tracer``, each image's trace gets a "batch wait" span (queued until its
+    batch's run starts) and an "inference" span (the run, shared by the whole batch,
+    so each trace shows it): recorded after the run, with their real times.
     """
 
     def __init__(
@@ -74,10 +85,12 @@ class Batcher:
         max_batch_size: int,
         max_wait_s: float,
         ran: Callable[[int, float], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._run = run
         # Told (images, seconds) after each model run that succeeded: the metrics.
         self._ran = ran
+        self._tracer = tracer
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -101,7 +114,12 @@ class Batcher:
     async def embed(self, tensor: Tensor, deadline: float | None = None) -> Tensor:
         """The model's output row for one preprocessed image."""
         future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(tensor, future, deadline))
+        pending = _Pending(tensor, future, deadline)
+        if self._tracer is not None:
+            from opentelemetry import context
+
+            pending.trace, pending.queued_ns = context.get_current(), time.time_ns()
+        self._queue.put_nowait(pending)
         return await future
 
     async def _work(self) -> None:
@@ -124,19 +142,18 @@ class Batcher:
             if live:
                 await self._run_batch(live, loop)
 
-    @staticmethod
-    def _live(batch: list[_Pending], now: float) -> list[_Pending]:
+    def _live(self, batch: list[_Pending], now: float) -> list[_Pending]:
         live = []
         for pending in batch:
             if pending.future.done():  # the caller was cancelled
                 continue
             if pending.deadline is not None and now >= pending.deadline:
-                pending.future.set_exception(
-                    DeadlineExceeded(
-                        "the deadline passed while the image waited for the model",
-                        reason="DEADLINE_EXCEEDED_IN_QUEUE",
-                    )
+                late = DeadlineExceeded(
+                    "the deadline passed while the image waited for the model",
+                    reason="DEADLINE_EXCEEDED_IN_QUEUE",
                 )
+                self._trace([pending], "batch wait", time.time_ns(), error=late)
+                pending.future.set_exception(late)
                 continue
             live.append(pending)
         return live
@@ -149,6 +166,8 @@ class Batcher:
 
     async def _run_batch(self, live: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         stacked = np.stack([p.tensor for p in live])
+        started_ns = time.time_ns() if self._tracer is not None else 0
+        self._trace(live, "batch wait", started_ns)
         try:
             outputs, seconds = await loop.run_in_executor(self._executor, self._timed, stacked)
         except asyncio.CancelledError:
@@ -158,16 +177,46 @@ class Batcher:
             raise
         except Exception as error:  # handed to every caller of the batch
             log.exception("model run failed", extra={"batch": len(live)})
+            self._trace(live, "inference", time.time_ns(), start_ns=started_ns, error=error)
             for pending in live:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        self._trace(live, "inference", time.time_ns(), start_ns=started_ns)
         self.batches_run += 1
         if self._ran is not None:
             self._ran(len(live), seconds)
         for pending, row in zip(live, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(row)
+
+    def _trace(
+        self,
+        pendings: list[_Pending],
+        name: str,
+        end_ns: int,
+        *,
+        start_ns: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Records span ``name`` in each image's trace: from ``start_ns`` (else from when
+        the image was queued) to ``end_ns``."""
+        if self._tracer is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        attributes = {"imagesearch.batch_size": len(pendings)} if name == "inference" else {}
+        for pending in pendings:
+            span = self._tracer.start_span(
+                name,
+                context=pending.trace,
+                start_time=pending.queued_ns if start_ns is None else start_ns,
+                attributes=attributes,
+            )
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.end(end_time=end_ns)
 
 
 def _shutting_down() -> Unavailable:

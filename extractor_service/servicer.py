@@ -7,7 +7,7 @@ import functools
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -20,6 +20,9 @@ from extractor_service.runtime import OnnxModel
 from extractor_service.settings import ExtractorSettings
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from service_core.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -50,9 +53,14 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
     """Decodes on a thread pool, embeds through the batcher, never on the event loop."""
 
     def __init__(
-        self, settings: ExtractorSettings, registry: CollectorRegistry | None = None
+        self,
+        settings: ExtractorSettings,
+        registry: CollectorRegistry | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer  # None: tracing is off
         self._admission = Admission(settings.max_queue_images)
         self.metrics = ExtractorMetrics(
             registry or CollectorRegistry(), queue_depth=lambda: self._admission.in_flight
@@ -191,7 +199,16 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServiceServicer):
             _timed, self.metrics.preprocess_seconds, image.data, engine.preprocess, item, budget
         )
         try:
-            tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
+            if self._tracer is None:
+                tensor: Tensor = await loop.run_in_executor(engine.decode_pool, decode)
+            else:
+                size = len(image.data)
+                attributes: dict[str, str | int] = {
+                    "imagesearch.item": item,
+                    "imagesearch.image_bytes": size,
+                }
+                with self._tracer.start_as_current_span("decode", attributes=attributes):
+                    tensor = await loop.run_in_executor(engine.decode_pool, decode)
         except (InvalidArgument, ResourceExhausted) as error:
             images["invalid" if isinstance(error, InvalidArgument) else "rejected"].inc()
             # The ItemError older callers read, and beside it the same failure as a

@@ -12,6 +12,7 @@ def main() -> None:
         SearchApp,
         SearchSettings,
         prefix=ENV_PREFIX,
+        service_name="imagesearch-search",
         description="Semantic image search: stores embeddings, answers searches.",
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -23,6 +23,7 @@ from search_service.store import Store
 from service_core.auth import Role
 from service_core.server import App, Service
 from service_core.tls import ClientTlsFiles
+from service_core.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ class SearchApp(App):
 
     settings: SearchSettings
 
-    def __init__(self, settings: SearchSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: SearchSettings, tracing: Tracing | None = None) -> None:
+        super().__init__(settings, tracing)
         self.servicer = SearchServicer(settings)
         self.pool: asyncpg.Pool | None = None
         self.backend: Backend | None = None
@@ -60,6 +61,7 @@ class SearchApp(App):
         self.collection_metrics = CollectionCollector()
         registry.register(self.collection_metrics)
         self._refresh: asyncio.Task[None] | None = None
+        self._uninstrument: Callable[[], None] | None = None
 
     def services(self) -> Sequence[Service]:
         return [
@@ -74,6 +76,8 @@ class SearchApp(App):
 
     async def become_ready(self) -> None:
         settings = self.settings
+        # Before the pool opens: every query of this process becomes a span of its call.
+        self._uninstrument = self.tracing.instrument_asyncpg()
         # The database may come up after us (a pod starting beside its database):
         # keep trying, NOT_SERVING meanwhile, rather than crash-looping.
         delay = 0.5
@@ -122,6 +126,7 @@ class SearchApp(App):
             server_name=settings.extractor_tls_server_name,
             token=token,
             metrics=self.metrics.client,
+            interceptors=self.tracing.client_interceptors(),
         )
         ranker = Ranker(
             store,
@@ -172,7 +177,8 @@ class SearchApp(App):
                         connection = await asyncpg.connect(
                             self.settings.database_url, timeout=interval
                         )
-                    await connection.fetchval(sql.PING, timeout=interval)
+                    with self.tracing.untraced():  # a ping every few seconds is no trace
+                        await connection.fetchval(sql.PING, timeout=interval)
                     answered = True
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     answered = False
@@ -201,3 +207,6 @@ class SearchApp(App):
                 await asyncio.wait_for(self.pool.close(), self.settings.pool_close_timeout_s)
             except TimeoutError:
                 self.pool.terminate()
+        if self._uninstrument is not None:
+            self._uninstrument()
+            self._uninstrument = None

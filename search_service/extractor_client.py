@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
+from service_core.access_log import RequestIdForwarder
 from service_core.client_metrics import client_metrics_interceptors
 from service_core.errors import (
     DeadlineExceeded,
@@ -98,7 +100,9 @@ class ExtractorClient:
         server_name: str = "",
         token: str | None = None,
         metrics: RpcMetrics | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
+        """``interceptors``: more grpc.aio client interceptors (tracing's), outermost first."""
         self.address = address
         self._max_bytes = max_message_bytes
         self._chunk: int | None = None
@@ -121,9 +125,16 @@ class ExtractorClient:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         # The channel is reopened when its certificate is renewed on disk.
-        interceptors = client_metrics_interceptors(metrics) if metrics else []
         self._channel = ReloadingChannel(
-            address, tls=tls, server_name=server_name, options=options, interceptors=interceptors
+            address,
+            tls=tls,
+            server_name=server_name,
+            options=options,
+            interceptors=[
+                *interceptors,
+                *(client_metrics_interceptors(metrics) if metrics else ()),
+                RequestIdForwarder(),  # the call's x-request-id goes on to the extractor
+            ],
         )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub_channel = self._channel.channel

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 from typing import Any
+
+# The id of the call being served: set by the access-log interceptor for the call's
+# task, inherited by the tasks it starts, so that every line the call logs carries it.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current call's ``request_id`` to each record logged while serving it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current is not None and not hasattr(record, "request_id"):
+            record.request_id = current
+        return True
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -46,6 +62,7 @@ def configure_logging(level: str, fmt: str) -> None:
     formatter.converter = time.gmtime  # timestamps in UTC, as the "Z" says
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

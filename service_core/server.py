@@ -1,4 +1,4 @@
-"""Builds a grpc.aio server with health, reflection, metrics and the error interceptor."""
+"""Builds a grpc.aio server with health, reflection, metrics, tracing and its interceptors."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_channelz.v1 import channelz
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from service_core import reflection
+from service_core.access_log import AccessLogInterceptor
 from service_core.auth import Role, access_interceptors
 from service_core.interceptor import ErrorInterceptor
 from service_core.metrics import Metrics, MetricsEndpoint
 from service_core.settings import ServerSettings
 from service_core.shedding import Budget, SheddingInterceptor
 from service_core.tls import server_credentials
+from service_core.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Service:
 # server listens until it shuts down, whatever its dependencies do, so that a
 # database outage takes pods out of rotation (readiness) without restarting them.
 LIVENESS_SERVICE = "liveness"
+_CHANNELZ_SERVICE = "grpc.channelz.v1.Channelz"
 
 
 class PortInUse(RuntimeError):
@@ -85,11 +89,14 @@ class GrpcServer:
         service_names: Sequence[str],
         metrics: MetricsEndpoint | None,
         health_only: tuple[grpc.aio.Server, int] | None = None,
+        channelz_only: tuple[grpc.aio.Server, int] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self._health_only = health_only
         self.health_port = health_only[1] if health_only else None
+        self._channelz_only = channelz_only
+        self.channelz_port = channelz_only[1] if channelz_only else None
         self.metrics_port = metrics.port if metrics else None
         self._health = health_servicer
         self._names = service_names
@@ -108,27 +115,38 @@ class GrpcServer:
         await self.server.stop(grace)
         if self._health_only:
             await self._health_only[0].stop(0)
+        if self._channelz_only:
+            await self._channelz_only[0].stop(0)
         if self._metrics:
             await asyncio.to_thread(self._metrics.close)
 
 
 async def create_server(
-    settings: ServerSettings, services: Sequence[Service], metrics: Metrics | None = None
+    settings: ServerSettings,
+    services: Sequence[Service],
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> GrpcServer:
     """Builds, binds and starts a server for ``services``; it reports NOT_SERVING.
 
     ``metrics`` holds the registry /metrics serves, with whatever the services
-    registered on it; without one the server gets a registry of its own.
+    registered on it; without one the server gets a registry of its own. ``tracing``
+    off (the default) installs no tracing interceptor at all.
     """
     metrics = metrics or Metrics()
+    tracing = tracing or Tracing()
     limit = settings.max_message_bytes
     budget = Budget(
         max_calls=settings.max_calls_in_flight, max_bytes=settings.max_request_bytes_in_flight
     )
-    shedding = SheddingInterceptor(budget, exempt=[health.SERVICE_NAME, reflection.SERVICE_NAME])
+    shedding = SheddingInterceptor(budget, exempt=[health.SERVICE_NAME, *reflection.SERVICE_NAMES])
     server = grpc.aio.server(
-        # Callers are authenticated before they count against the shedding budget.
+        # Outermost first: the call's span, then its request id and access-log line, so
+        # both cover every status the inner ones give. Callers are authenticated before
+        # they count against the shedding budget.
         interceptors=[
+            *tracing.server_interceptors(),
+            AccessLogInterceptor(settings.access_log_sample_rate, traced=tracing.enabled),
             ErrorInterceptor(metrics.server),
             *access_interceptors(settings, services),
             shedding,
@@ -145,9 +163,7 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.name for s in services]
     if settings.reflection != "off":
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        reflection.enable_reflection([*names, health.SERVICE_NAME], server)
     credentials = server_credentials(settings)
     address = f"{settings.host}:{settings.port}"
     try:
@@ -160,6 +176,7 @@ async def create_server(
             f"cannot listen on {address}: port {settings.port} is already in use "
             f"(or {settings.host} is not an address of this host)"
         ) from error
+    channelz_only = await _channelz_server(settings) if settings.channelz_port >= 0 else None
     endpoint = None
     if settings.metrics_port >= 0:
         endpoint = MetricsEndpoint(metrics.registry, settings.host, settings.metrics_port)
@@ -173,7 +190,7 @@ async def create_server(
         bound = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
         await probes.start()
         health_only = (probes, bound)
-    started = GrpcServer(server, port, health_servicer, names, endpoint, health_only)
+    started = GrpcServer(server, port, health_servicer, names, endpoint, health_only, channelz_only)
     await started.set_serving(False)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -182,11 +199,34 @@ async def create_server(
             "address": f"{settings.host}:{port}",
             "metrics_port": started.metrics_port,
             "health_port": started.health_port,
+            "channelz_port": started.channelz_port,
+            "tracing": tracing.enabled,
             "tls": "mtls" if settings.tls_client_ca_file else "tls" if credentials else "off",
             "auth": settings.auth_file is not None,
         },
     )
     return started
+
+
+async def _channelz_server(settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
+    """A plaintext admin server with channelz (and reflection, for grpcurl).
+
+    Channelz tells of every channel and server of the process, peers' addresses
+    included, and takes no credentials: it listens on the loopback address only,
+    reached with ``kubectl port-forward``.
+    """
+    admin = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    channelz.add_channelz_servicer(admin)  # type: ignore[arg-type] # it takes aio servers too
+    reflection.enable_reflection([_CHANNELZ_SERVICE], admin)
+    try:
+        bound = admin.add_insecure_port(f"127.0.0.1:{settings.channelz_port}")
+    except RuntimeError as error:
+        raise PortInUse(
+            f"cannot listen on 127.0.0.1:{settings.channelz_port} for channelz: "
+            "the port is already in use"
+        ) from error
+    await admin.start()
+    return admin, bound
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -227,10 +267,12 @@ class App:
     work runs after the server listens, so health answers NOT_SERVING meanwhile.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, tracing: Tracing | None = None) -> None:
         self.settings = settings
         # Subclasses register their own metrics on this registry, which the server serves.
         self.metrics = Metrics()
+        # Owned by whoever made it (the process's main, a test): never shut down here.
+        self.tracing = tracing or Tracing()
         self.server: GrpcServer | None = None
         self.ready_task: asyncio.Task[None] | None = None
 
@@ -244,7 +286,9 @@ class App:
         """Releases what ``become_ready`` acquired, after the server has stopped."""
 
     async def start(self) -> GrpcServer:
-        self.server = await create_server(self.settings, self.services(), self.metrics)
+        self.server = await create_server(
+            self.settings, self.services(), metrics=self.metrics, tracing=self.tracing
+        )
         self.ready_task = asyncio.create_task(self._ready())
         return self.server
 

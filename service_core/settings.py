@@ -45,6 +45,12 @@ class ServerSettings:
     keepalive_timeout_s: float = setting(10.0, "a ping unanswered this long closes the connection")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("json", "'json' (one object a line) or 'text'")
+    access_log_sample_rate: float = setting(
+        1.0, "share of successful calls the access log records (0..1); failures always"
+    )
+    channelz_port: int = setting(
+        -1, "plaintext admin port serving gRPC channelz (live connections); 0 picks one, -1: off"
+    )
     tls_cert_file: Path | None = setting(
         None, "PEM certificate chain to serve TLS with (with tls_key_file); re-read on change"
     )
@@ -66,6 +72,12 @@ class ServerSettings:
             raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
         if not -1 <= self.health_port <= 65535:
             raise ValueError(f"health_port must be -1..65535, got {self.health_port}")
+        if not -1 <= self.channelz_port <= 65535:
+            raise ValueError(f"channelz_port must be -1..65535, got {self.channelz_port}")
+        if not 0 <= self.access_log_sample_rate <= 1:
+            raise ValueError(
+                f"access_log_sample_rate must be 0..1, got {self.access_log_sample_rate}"
+            )
         if self.grace_period_s < 0:
             raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         if self.max_message_bytes < 1024:

@@ -117,7 +117,7 @@ class ReloadingChannel:
         self.address = address
         self._tls = tls
         self._options = list(options)
-        self._interceptors = list(interceptors)
+        self._interceptors = list(interceptors)  # outermost first
         if server_name:  # the name the certificate is for, when the address is an IP
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self._grace = close_grace_s

@@ -23,7 +23,7 @@ from service_core.errors import InvalidArgument
 from service_core.server import App, Service
 
 HEALTH = "grpc.health.v1.Health"
-REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION = {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
 
 
 def run_grpcurl(
@@ -56,7 +56,7 @@ async def assert_listed_and_serving(grpcurl: str, port: int, service: str) -> No
     assert port > 0
     listed = await asyncio.to_thread(run_grpcurl, grpcurl, port, "list")
     assert listed.returncode == 0, listed.stderr
-    assert set(listed.stdout.split()) == {service, HEALTH, REFLECTION}
+    assert set(listed.stdout.split()) == {service, HEALTH, *REFLECTION}
     for name in ("", service):
         check = await asyncio.to_thread(
             run_grpcurl, grpcurl, port, f"{HEALTH}/Check", data={"service": name}
