@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from service_core import logs
 from service_core.handlers import rewrap
 from service_core.logs import request_id
 
@@ -110,6 +111,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = _Call(method, given)
             token = request_id.set(call.id)
+            logs.caller.set(None)  # the auth interceptor, inside this one, names the caller
             failure: BaseException | None = None
             try:
                 await context.send_initial_metadata(((REQUEST_ID_KEY, call.id),))
@@ -132,6 +134,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             # Not reset on the way out: a generator may end in another context than the
             # one it began in, and the call's task ends with it anyway.
             request_id.set(call.id)
+            logs.caller.set(None)
             failure: BaseException | None = None
             try:
                 await context.send_initial_metadata(((REQUEST_ID_KEY, call.id),))
@@ -162,6 +165,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             "peer": context.peer(),
             "request_id": call.id,
         }
+        caller = logs.caller.get()
+        if caller is not None:
+            fields["caller"] = caller
         if call.replaced:
             fields["request_id_replaced"] = True  # the caller's was not a valid id
         if self._traced:

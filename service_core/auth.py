@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from service_core import logs
 from service_core.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from service_core.handlers import rewrap
 from service_core.settings import ServerSettings
@@ -220,6 +221,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         caller = self._authenticate(metadata, context) if self._callers else None
+        if caller is not None:
+            logs.caller.set(f"{caller.name} ({caller.role.name.lower()})")
         if caller is not None and caller.role < need:
             raise PermissionDenied(
                 f"{method} needs role {need.name.lower()}; caller {caller.name!r} "

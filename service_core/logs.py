@@ -12,6 +12,9 @@ from typing import Any
 # The id of the call being served: set by the access-log interceptor for the call's
 # task, inherited by the tasks it starts, so that every line the call logs carries it.
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Who the call being served is, "name (role)", once authentication knew it: set by the
+# auth interceptor, read for the call's access-log line. None when auth is off.
+caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 
 
 class RequestIdFilter(logging.Filter):

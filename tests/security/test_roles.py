@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -315,3 +316,30 @@ async def test_search_sends_its_token_to_an_extractor_that_wants_one(
         )
         assert code == grpc.StatusCode.UNAVAILABLE
         assert "UNAUTHENTICATED" in details
+
+
+async def test_the_access_log_names_the_caller_and_its_role(
+    pki: Pki, start_secure_search: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="access")
+    _, port = await start_secure_search(auth_file=callers_file(pki.folder))
+    method = "/imagesearch.search.v1.SearchService/ListCollections"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        await stub.ListCollections(
+            search_pb2.ListCollectionsRequest(), metadata=bearer(TOKENS["reader"])
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ListCollections(search_pb2.ListCollectionsRequest())
+        with pytest.raises(grpc.aio.AioRpcError):  # known, but not allowed
+            await stub.CreateCollection(
+                search_pb2.CreateCollectionRequest(name="x"), metadata=bearer(TOKENS["writer"])
+            )
+    lines = [r for r in caplog.records if r.name == "access"]
+    listed = [r for r in lines if getattr(r, "method", "") == method]
+    assert [(getattr(r, "code", None), getattr(r, "caller", None)) for r in listed] == [
+        ("OK", "reader-user (reader)"),
+        ("UNAUTHENTICATED", None),
+    ]
+    [denied] = [r for r in lines if getattr(r, "method", "").endswith("/CreateCollection")]
+    assert getattr(denied, "caller", None) == "writer-user (writer)"
