@@ -1,7 +1,7 @@
 """Request ids and the access log: one line per call, and the id passed on to our peers.
 
 A call's ``x-request-id`` metadata is kept when it is a sane id (1-128 visible ASCII
-characters), else one is made up; either way it goes back to the caller as initial
+characters), else one is made up; either way it goes back to the caller as trailing
 metadata, onto every log line the call writes (``service_core.logs.request_id``), and
 with each call this service makes to another one (``RequestIdForwarder``).
 """
@@ -114,7 +114,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             logs.caller.set(None)  # the auth interceptor, inside this one, names the caller
             failure: BaseException | None = None
             try:
-                await context.send_initial_metadata(((REQUEST_ID_KEY, call.id),))
+                _return_id(context, call.id)
                 return await behavior(request, context)
             except BaseException as error:
                 failure = error
@@ -137,7 +137,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             logs.caller.set(None)
             failure: BaseException | None = None
             try:
-                await context.send_initial_metadata(((REQUEST_ID_KEY, call.id),))
+                _return_id(context, call.id)
                 responses = behavior(request, context)
                 if inspect.isasyncgen(responses):
                     async for response in responses:
@@ -174,6 +174,14 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             fields.update(_trace_fields())
         level = logging.INFO if call.code == grpc.StatusCode.OK else logging.WARNING
         log.log(level, "%s %s", call.method, call.code.name, extra=fields)
+
+
+def _return_id(context: grpc.aio.ServicerContext[Any, Any], call_id: str) -> None:
+    """Puts the call's id in its trailing metadata, which every ending carries (the
+    error interceptor's abort keeps it). Not in response headers: gRPC commits a call
+    once its headers arrive, so a refused call (shed, an extractor queue full) could then
+    no longer be retried by the caller's retry policy."""
+    context.set_trailing_metadata(((REQUEST_ID_KEY, call_id),))
 
 
 def _trace_fields() -> dict[str, str]:

@@ -53,7 +53,7 @@ async def test_a_request_id_is_returned_logged_and_passed_to_the_extractor(
         metadata=(("x-request-id", "req-42/a.b"),),
     )
     await call
-    assert (await call.initial_metadata())["x-request-id"] == "req-42/a.b"
+    assert (await call.trailing_metadata())["x-request-id"] == "req-42/a.b"
     [search] = access_lines(logged, SEARCH)
     [embed] = access_lines(logged, EMBED)  # the extractor's own line, in this process
     for line in (search, embed):
@@ -72,7 +72,7 @@ async def test_every_line_of_a_failed_call_carries_its_request_id(
             search_pb2.SearchRequest(key="k", top_k=5000), metadata=(("x-request-id", "bad-1"),)
         )
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert failed.value.initial_metadata()["x-request-id"] == "bad-1"
+    assert failed.value.trailing_metadata()["x-request-id"] == "bad-1"
     during = [r for r in logged.records if getattr(r, "request_id", None) == "bad-1"]
     assert {r.name for r in during} >= {"access", "service_core.interceptor"}
     [line] = access_lines(logged, SEARCH)
@@ -87,7 +87,7 @@ async def test_without_a_request_id_each_call_gets_a_fresh_one(
     for _ in range(2):
         call = wired.ListCollections(search_pb2.ListCollectionsRequest())
         await call
-        ids.append((await call.initial_metadata())["x-request-id"])
+        ids.append((await call.trailing_metadata())["x-request-id"])
     assert all(re.fullmatch("[0-9a-f]{32}", str(i)) for i in ids)
     assert ids[0] != ids[1]
     lines = access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections")
@@ -102,7 +102,7 @@ async def test_an_unusable_request_id_is_replaced_and_said_so(
         search_pb2.ListCollectionsRequest(), metadata=(("x-request-id", given),)
     )
     await call
-    returned = (await call.initial_metadata())["x-request-id"]
+    returned = (await call.trailing_metadata())["x-request-id"]
     assert re.fullmatch("[0-9a-f]{32}", str(returned))
     [line] = access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections")
     assert line.request_id == returned  # type: ignore[attr-defined]
@@ -132,7 +132,7 @@ async def test_streams_get_a_request_id_and_an_access_line_too(
         )
         responses = [response async for response in call]
         assert len(responses) == 1
-        assert (await call.initial_metadata())["x-request-id"] == "bulk-7"
+        assert (await call.trailing_metadata())["x-request-id"] == "bulk-7"
     [line] = access_lines(logged, "/imagesearch.search.v1.SearchService/IngestStream")
     assert (line.code, line.request_id) == ("OK", "bulk-7")  # type: ignore[attr-defined]
 
