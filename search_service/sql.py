@@ -269,7 +269,8 @@ WHERE ctid = ANY (ARRAY(
 DELETE_RETIRED_LISTS_DISTRIBUTED = """
 DELETE FROM image_lists
 WHERE collection_id = $1 AND (image_id, version) IN (
-    SELECT l.image_id, l.version FROM image_lists l JOIN projections p USING (collection_id, version)
+    SELECT l.image_id, l.version
+    FROM image_lists l JOIN projections p USING (collection_id, version)
     WHERE l.collection_id = $1 AND p.state = 'retired' LIMIT $2)
 """
 

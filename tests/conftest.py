@@ -65,7 +65,7 @@ def citus() -> Iterator[LocalCitus]:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """"postgres" (single node), unless a test is parametrised over tests.backends.BOTH."""
+    """ "postgres" (single node), unless a test is parametrised over tests.backends.BOTH."""
     return getattr(request, "param", "postgres")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import asyncpg
 import grpc
@@ -57,7 +58,9 @@ async def _fast_shutdown(node: LocalPostgres) -> None:
         await asyncio.sleep(0.05)
 
 
-def _search(query: np.ndarray, mode: int, **fields: int) -> search_pb2.SearchRequest:
+def _search(
+    query: np.ndarray, mode: search_pb2.SearchMode.ValueType, **fields: Any
+) -> search_pb2.SearchRequest:
     return search_pb2.SearchRequest(
         vector=search_pb2.Vector(values=query.tolist()), top_k=10, mode=mode, **fields
     )
@@ -220,13 +223,15 @@ async def test_a_stopped_worker_is_unavailable_then_the_service_recovers(
         )
     finally:
         await asyncio.to_thread(worker.start)
-    for _ in range(50):
+    codes = []
+    for _ in range(50):  # the pool replaces its dead connections on the next calls
         try:
             after = await stub.Search(_search(query, search_pb2.SEARCH_MODE_EXACT))
             break
         except grpc.aio.AioRpcError as error:
-            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            codes.append(error.code())
             await asyncio.sleep(0.2)
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
     assert [h.key for h in after.hits] == [h.key for h in before.hits]
     stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
     assert stats.collection.image_count == 300
