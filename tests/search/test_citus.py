@@ -280,3 +280,22 @@ async def test_a_key_whose_id_is_taken_is_refused_and_nothing_written(
     assert stats.collection.image_count == 11
     found = await _fetch(database_url, "SELECT key FROM images WHERE key IN ('fresh', 'victim')")
     assert found == []
+
+
+@pytest.mark.parametrize("backend", ["citus"], indirect=True)
+async def test_deleting_the_default_collection_empties_every_shard(
+    start_search: StartSearch, database_url: str
+) -> None:
+    _, stub = await start_search(extractor_address="127.0.0.1:1")
+    await _fitted(stub, 300, seed=8)
+    gone = await stub.DeleteCollection(search_pb2.DeleteCollectionRequest(name="default"))
+    assert gone.deleted_images == 300
+    left = await _fetch(
+        database_url,
+        "SELECT (SELECT count(*) FROM images) AS images, (SELECT count(*) FROM image_lists)"
+        " AS entries, (SELECT count(*) FROM projections) AS projections",
+    )
+    assert dict(left[0]) == {"images": 0, "entries": 0, "projections": 0}
+    await ingest_vectors(stub, clustered(20, seed=9))
+    stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
+    assert stats.collection.image_count == 20
