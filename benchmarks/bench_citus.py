@@ -159,6 +159,14 @@ async def searches(
     return out
 
 
+def line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares (slope, intercept) through ``points``."""
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
 def recall(found: Sequence[Sequence[Hit]], truth: Sequence[Sequence[Hit]]) -> float:
     hits = sum(
         len({h.key for h in f} & {h.key for h in t}) for f, t in zip(found, truth, strict=True)
@@ -297,10 +305,14 @@ async def main_async(options: argparse.Namespace, work: Path) -> None:
         for side in sides:
             costs = await candidate_costs(side, queries[WARMUP:])
             say(f"  {side.name}: " + ", ".join(f"{rows} -> {ms:.2f}" for rows, ms in costs))
+            slope, intercept = line(costs)
+            say(f"    least squares: {intercept:.2f} ms + {1000 * slope:.2f} us per row scanned")
         say()
         say("fan-out and merge on empty tables: shards -> p50 ms (0 = the single node)")
         fanout = await fanout_costs(coordinator_dsn, single_dsn)
         say("  " + ", ".join(f"{shards} -> {ms:.2f}" for shards, ms in fanout))
+        slope, intercept = line(fanout[1:])
+        say(f"    least squares: {intercept:.2f} ms + {slope:.3f} ms per shard")
         for side in sides:
             await side.pool.close()
     finally:

@@ -107,8 +107,11 @@ WHERE i.collection_id = EXCLUDED.collection_id AND i.key = EXCLUDED.key
 RETURNING i.id, i.key, (i.xmax = 0) AS created
 """
 
-# Whether the migrations distributed the tables (a Citus coordinator).
-DISTRIBUTED = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+# Whether migration 0004 distributed the tables (on a Citus coordinator): it is what took
+# the identity off images.id, so that the store writes ids itself.
+DISTRIBUTED = """
+SELECT attidentity = '' FROM pg_attribute WHERE attrelid = 'images'::regclass AND attname = 'id'
+"""
 
 UPDATE_METADATA = """
 UPDATE images SET metadata = $3, updated_at = now()

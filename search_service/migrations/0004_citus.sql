@@ -16,12 +16,18 @@ BEGIN
     -- is refused, never written over the first.
     ALTER TABLE images DROP CONSTRAINT images_collection_id_key_key;
     ALTER TABLE images ALTER COLUMN id DROP IDENTITY;
-    CREATE INDEX images_key ON images (collection_id, key);
-    PERFORM create_reference_table('collections');
-    PERFORM create_reference_table('projections');
     -- A local table may not reference a distributed one: the entries' foreign key to
     -- their image waits until both are distributed.
     ALTER TABLE image_lists DROP CONSTRAINT image_lists_image_id_fkey;
+    -- A database that served on one node first: its rows take their hashed ids.
+    UPDATE image_lists l
+    SET image_id = greatest(hashtextextended(i.key, i.collection_id) & 9223372036854775807, 1)
+    FROM images i WHERE i.id = l.image_id;
+    UPDATE images
+    SET id = greatest(hashtextextended(key, collection_id) & 9223372036854775807, 1);
+    CREATE INDEX images_key ON images (collection_id, key);
+    PERFORM create_reference_table('collections');
+    PERFORM create_reference_table('projections');
     PERFORM create_distributed_table('images', 'id');
     PERFORM create_distributed_table('image_lists', 'image_id', colocate_with => 'images');
     ALTER TABLE image_lists ADD CONSTRAINT image_lists_image_id_fkey

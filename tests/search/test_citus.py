@@ -21,10 +21,17 @@ import pytest
 from devenv.citus import LocalCitus
 from devenv.postgres import LocalPostgres
 from imagesearch.search.v1 import search_pb2
-from search_service import sql
+from search_service import schema, sql
 from tests.conftest import NewDatabase
 from tests.search.conftest import StartSearch, Stub
-from tests.search.test_service import clustered, expect_error, ingest_vectors, vector_item
+from tests.search.test_service import (
+    MODEL,
+    brute_force,
+    clustered,
+    expect_error,
+    ingest_vectors,
+    vector_item,
+)
 
 pytestmark = pytest.mark.citus
 
@@ -105,7 +112,7 @@ async def test_images_spread_over_both_workers_and_small_tables_are_copied(
 
 
 @pytest.mark.parametrize("backend", ["citus"], indirect=True)
-async def test_candidate_stage_runs_order_by_limit_inside_each_shard(
+async def test_candidate_stage_runs_order_by_limit_inside_each_shard_rerank_reads_its_rows(
     start_search: StartSearch, database_url: str
 ) -> None:
     _, stub = await start_search(extractor_address="127.0.0.1:1")
@@ -116,6 +123,12 @@ async def test_candidate_stage_runs_order_by_limit_inside_each_shard(
             "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'image_lists'::regclass",
         )
     )[0]["count"]
+    # Two candidates' rows, and the shards that hold them.
+    picked = await _fetch(
+        database_url,
+        "SELECT id, get_shard_id_for_distribution_column('images', id) AS shard"
+        " FROM images ORDER BY id LIMIT 2",
+    )
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute("SET citus.explain_all_tasks = on")
@@ -125,8 +138,16 @@ async def test_candidate_stage_runs_order_by_limit_inside_each_shard(
                 "EXPLAIN " + sql.FAST_CANDIDATES, 1, 1, [0, 1, 2], [0.0] * 9, 50
             )
         )
+        rerank = "\n".join(
+            r[0]
+            for r in await connection.fetch(
+                "EXPLAIN " + sql.CANDIDATE_VECTORS, [r["id"] for r in picked], None
+            )
+        )
     finally:
         await connection.close()
+    # The re-rank reads the candidates' vectors from their shards only.
+    assert f"Task Count: {len({r['shard'] for r in picked})}" in rerank, rerank
     assert f"Task Count: {shards}" in plan, plan
     # Every shard task sorts by the cube distance and stops at the limit; the
     # coordinator merges the tasks' rows with a Limit -> Sort of its own.
@@ -238,6 +259,40 @@ async def test_a_stopped_worker_is_unavailable_then_the_service_recovers(
 
 
 @pytest.mark.parametrize("backend", ["citus"], indirect=True)
+async def test_a_worker_lost_mid_batch_leaves_all_of_it_or_none(
+    start_search: StartSearch, citus: LocalCitus, database_url: str
+) -> None:
+    _, stub = await start_search(extractor_address="127.0.0.1:1", max_ingest_items=3000)
+    await _fitted(stub, 300, seed=10)
+    matrix = clustered(3000, seed=11)
+    items = [vector_item(f"batch{i}", matrix[i]) for i in range(len(matrix))]
+    worker = citus.workers[1]
+    try:
+        writing = asyncio.ensure_future(stub.Ingest(search_pb2.IngestRequest(items=items)))
+        await asyncio.sleep(0.3)
+        await _fast_shutdown(worker)
+        try:
+            await writing
+            outcome = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            outcome = error.code()
+        assert outcome in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+    finally:
+        await asyncio.to_thread(worker.start)
+    # A transaction the coordinator committed while the worker held it prepared is
+    # finished on that worker by Citus's recovery (here at once rather than within a minute).
+    await _fetch(database_url, "SELECT recover_prepared_transactions()")
+    counts = await _fetch(
+        database_url,
+        "SELECT (SELECT count(*) FROM images WHERE key LIKE 'batch%') AS images,"
+        " (SELECT count(*) FROM image_lists l JOIN images i ON i.id = l.image_id"
+        "  WHERE i.key LIKE 'batch%') AS entries",
+    )
+    written = 3000 if outcome == grpc.StatusCode.OK else 0
+    assert dict(counts[0]) == {"images": written, "entries": written}
+
+
+@pytest.mark.parametrize("backend", ["citus"], indirect=True)
 async def test_replicas_starting_together_migrate_once(
     start_search: StartSearch, database_url: str
 ) -> None:
@@ -299,3 +354,46 @@ async def test_deleting_the_default_collection_empties_every_shard(
     await ingest_vectors(stub, clustered(20, seed=9))
     stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
     assert stats.collection.image_count == 20
+
+
+@pytest.mark.parametrize("backend", ["citus"], indirect=True)
+async def test_a_database_that_served_on_one_node_distributes_with_nothing_lost(
+    start_search: StartSearch, database_url: str
+) -> None:
+    # Schema 0003's tables, written as one node writes them (ids from the sequence),
+    # restored on a coordinator: migration 0004 then gives the rows their hashed ids.
+    matrix = clustered(50, seed=12)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(sql.CREATE_MIGRATIONS_TABLE)
+        for migration in schema.available():
+            if migration.version < 4:
+                await connection.execute(migration.sql)
+                await connection.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        await connection.execute(
+            "UPDATE collections SET model_name = $1, model_version = $2, dimension = $3",
+            MODEL.name,
+            MODEL.version,
+            MODEL.dimension,
+        )
+        await connection.executemany(
+            "INSERT INTO images (collection_id, key, embedding) VALUES (1, $1, $2)",
+            [(f"v{i}", row.astype("<f4").tobytes()) for i, row in enumerate(matrix)],
+        )
+    finally:
+        await connection.close()
+    _, stub = await start_search(extractor_address="127.0.0.1:1")
+    distributed = await _fetch(
+        database_url,
+        "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'images'::regclass",
+    )
+    assert distributed[0]["count"] == 1
+    query = clustered(1, seed=13)[0]
+    response = await stub.Search(_search(query, search_pb2.SEARCH_MODE_EXACT))
+    assert [h.key for h in response.hits] == brute_force(matrix, query)[0][:10]
+    # The same keys again: found where the store looks for them, not stored twice.
+    items = [vector_item(f"v{i}", matrix[i] * 2) for i in range(10)]
+    again = await stub.Ingest(search_pb2.IngestRequest(items=items))
+    assert {r.status for r in again.results} == {search_pb2.INGEST_STATUS_UPDATED}
+    stats = await stub.GetCollectionStats(search_pb2.GetCollectionStatsRequest())
+    assert stats.collection.image_count == 50
