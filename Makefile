@@ -68,8 +68,12 @@ model: setup
 		--out $(MODEL_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 # The system packages first, so that a missing one stops it before the model export.
+# CITUS=1: on a local Citus coordinator and two workers (Citus built by CITUS_INSTALL).
+CITUS ?=
+CITUS_INSTALL ?= ../shared/citus/install.sh
 run: system-run model
-	$(PY) -m devenv.run --model-dir $(MODEL_DIR)
+	$(if $(CITUS),$(CITUS_INSTALL))
+	$(PY) -m devenv.run --model-dir $(MODEL_DIR) $(if $(CITUS),--citus)
 
 system-run:
 	@scripts/system-packages $(RUN_PACKAGES)

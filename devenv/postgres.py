@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 INSTALL_HINT = "install them with: apt-get install postgresql postgresql-contrib"
@@ -54,9 +55,19 @@ def free_port() -> int:
 class LocalPostgres:
     """One cluster directory: create it, start it, stop it, name its DSN."""
 
-    def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        durable: bool = True,
+        preload: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.durable = durable
+        # Extensions that need shared_preload_libraries (citus); created in each database.
+        self.preload = tuple(preload)
+        self.settings = dict(settings or {})
         self.bindir = find_bindir()
         self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
 
@@ -152,8 +163,11 @@ class LocalPostgres:
             "port": str(port),
             "unix_socket_directories": str(self.data_dir),
         }
+        if self.preload:
+            settings["shared_preload_libraries"] = ",".join(self.preload)
         if not self.durable:  # throwaway test clusters: skip the disk flushes
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        settings |= self.settings
         conf = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
         with (self.data_dir / "postgresql.auto.conf").open("a") as auto_conf:
             auto_conf.write(conf)
@@ -169,7 +183,11 @@ class LocalPostgres:
         exists = self.psql(query)
         if exists != "1":
             self.psql(f"CREATE DATABASE {DEFAULT_DATABASE}")
-        self.psql("CREATE EXTENSION IF NOT EXISTS cube", DEFAULT_DATABASE)
+        # Only those missing: a Citus worker refuses even a CREATE EXTENSION IF NOT EXISTS.
+        present = self.psql("SELECT extname FROM pg_extension", DEFAULT_DATABASE).split()
+        for extension in [*self.preload, "cube"]:
+            if extension not in present:
+                self.psql(f"CREATE EXTENSION {extension}", DEFAULT_DATABASE)
 
     def _run(
         self, argv: list[str], *, check: bool = True, failure: str = ""

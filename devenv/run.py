@@ -1,7 +1,8 @@
 """Runs the whole system locally: PostgreSQL, the extractor, the search service.
 
-``make run`` calls this. It stays in the foreground with both services' logs;
-Ctrl-C (or SIGTERM) stops the services gracefully, then the database. Data lives
+``make run`` calls this (``make run CITUS=1``: on a local Citus coordinator and two
+workers instead of one PostgreSQL). It stays in the foreground with both services'
+logs; Ctrl-C (or SIGTERM) stops the services gracefully, then the database. Data lives
 in the cluster directory and survives restarts.
 """
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devenv import citus
 from devenv.postgres import DEFAULT_DATA_DIR, LocalPostgres, PostgresError
 from devenv.stack import spawn, stop_all
 
@@ -23,20 +25,39 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument(
+        "--citus",
+        action="store_true",
+        help="a Citus coordinator and two workers (devenv.citus) instead of one PostgreSQL",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("IMAGESEARCH_PGDATA", DEFAULT_DATA_DIR)),
+        default=None,
+        help="the cluster directory (default .data/postgres, or .data/citus with --citus)",
     )
     parser.add_argument("--extractor-port", type=int, default=50051)
     parser.add_argument("--search-port", type=int, default=50052)
     options = parser.parse_args(argv)
 
+    cluster: LocalPostgres | citus.LocalCitus
     try:
-        cluster = LocalPostgres(options.data_dir)
+        if options.citus:
+            data_dir = options.data_dir or Path(
+                os.environ.get("IMAGESEARCH_CITUSDATA", citus.DEFAULT_DATA_DIR)
+            )
+            cluster = citus.LocalCitus(data_dir)
+        else:
+            data_dir = options.data_dir or Path(
+                os.environ.get("IMAGESEARCH_PGDATA", DEFAULT_DATA_DIR)
+            )
+            cluster = LocalPostgres(data_dir)
         dsn = cluster.start()
     except PostgresError as error:
         sys.exit(f"error: {error}")
-    print(f"PostgreSQL: {dsn} (data in {cluster.data_dir})", flush=True)
+    kind = "PostgreSQL"
+    if isinstance(cluster, citus.LocalCitus):
+        kind = f"Citus coordinator and {len(cluster.workers)} workers"
+    print(f"{kind}: {dsn} (data in {cluster.data_dir})", flush=True)
 
     extractor_address = f"127.0.0.1:{options.extractor_port}"
     children = [

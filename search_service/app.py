@@ -96,8 +96,9 @@ class SearchApp(App):
         async with self.pool.acquire() as connection:
             await migrate(connection)
             stored_key: bytes = await connection.fetchval(sql.SIGNING_KEY)
+            distributed: bool = await connection.fetchval(sql.DISTRIBUTED)
         page_token_key = settings.page_token_secret.encode() or stored_key
-        store = Store(self.pool)
+        store = Store(self.pool, distributed=distributed)
         refitter = Refitter(
             store,
             dimensions=settings.projection_dimensions,

@@ -119,16 +119,26 @@ class Refitter:
         try:
             await self._write_entries(connection, collection, fitted)
             async with connection.transaction():
-                await connection.execute(sql.PUBLISH_LISTS, collection.id, version)
-                await connection.execute(sql.PUBLISH_PROJECTION, collection.id, version)
-                await connection.execute(sql.RETIRE_PROJECTIONS, collection.id, version)
+                if self._store.distributed:
+                    # Citus refuses a write to a reference table after a parallel write to
+                    # shards that reference it in the same transaction; this order it takes.
+                    await connection.execute(sql.PUBLISH_PROJECTION, collection.id, version)
+                    await connection.execute(sql.RETIRE_PROJECTIONS, collection.id, version)
+                    await connection.execute(sql.PUBLISH_LISTS, collection.id, version)
+                else:
+                    await connection.execute(sql.PUBLISH_LISTS, collection.id, version)
+                    await connection.execute(sql.PUBLISH_PROJECTION, collection.id, version)
+                    await connection.execute(sql.RETIRE_PROJECTIONS, collection.id, version)
         except BaseException:
             await connection.execute(sql.ABANDON_PROJECTION, collection.id, version)
             raise
         # The retired versions' rows go in batches, so no long lock holds up ingest.
-        while (
-            await connection.execute(sql.DELETE_RETIRED_LISTS, collection.id, 10_000) != "DELETE 0"
-        ):
+        retired = (
+            sql.DELETE_RETIRED_LISTS_DISTRIBUTED
+            if self._store.distributed
+            else sql.DELETE_RETIRED_LISTS
+        )
+        while await connection.execute(retired, collection.id, 10_000) != "DELETE 0":
             pass
         await connection.execute(sql.DELETE_RETIRED_PROJECTIONS, collection.id)
         # Fresh statistics at once: with those of an empty or retired version the planner

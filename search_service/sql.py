@@ -35,6 +35,11 @@ WITH gone AS (DELETE FROM images WHERE collection_id = $1 RETURNING 1),
 SELECT count(*) FROM gone
 """
 
+# Citus refuses a write to a reference table (collections) after a parallel read or
+# write of the shards that reference it in one transaction: such a transaction goes
+# shard by shard from its start.
+SEQUENTIAL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
 DELETE_PROJECTIONS = "DELETE FROM projections WHERE collection_id = $1"
 
 COUNT_IMAGES = "SELECT count(*) FROM images WHERE collection_id = $1"
@@ -95,6 +100,32 @@ SET content_sha256 = EXCLUDED.content_sha256,
     embedding = EXCLUDED.embedding,
     updated_at = now()
 RETURNING i.id, i.key, (i.xmax = 0) AS created
+"""
+
+# On Citus (search_service/migrations/0004_citus.sql) an image's id is a hash of its
+# collection and key, the row's distribution column: it places the row, and the primary
+# key on it is what keeps a key unique. A key whose hash another key already holds is
+# neither written nor returned: the store refuses it. (Citus evaluates only immutable
+# functions in DO UPDATE: the new updated_at is the proposed row's default, now().)
+UPSERT_IMAGES_DISTRIBUTED = """
+INSERT INTO images AS i (id, collection_id, key, content_sha256, metadata, embedding)
+SELECT greatest(hashtextextended(s.key, $1) & 9223372036854775807, 1),
+       $1, s.key, s.content_sha256, s.metadata, s.embedding
+FROM unnest($2::text[], $3::bytea[], $4::jsonb[], $5::bytea[])
+    AS s (key, content_sha256, metadata, embedding)
+ON CONFLICT (id) DO UPDATE
+SET content_sha256 = EXCLUDED.content_sha256,
+    metadata = EXCLUDED.metadata,
+    embedding = EXCLUDED.embedding,
+    updated_at = EXCLUDED.updated_at
+WHERE i.collection_id = EXCLUDED.collection_id AND i.key = EXCLUDED.key
+RETURNING i.id, i.key, (i.xmax = 0) AS created
+"""
+
+# Whether migration 0004 distributed the tables (on a Citus coordinator): it is what took
+# the identity off images.id, so that the store writes ids itself.
+DISTRIBUTED = """
+SELECT attidentity = '' FROM pg_attribute WHERE attrelid = 'images'::regclass AND attname = 'id'
 """
 
 UPDATE_METADATA = """
@@ -250,6 +281,15 @@ DELETE FROM image_lists
 WHERE ctid = ANY (ARRAY(
     SELECT l.ctid FROM image_lists l JOIN projections p USING (collection_id, version)
     WHERE l.collection_id = $1 AND p.state = 'retired' LIMIT $2))
+"""
+
+# A ctid names a row within one shard only: on Citus a batch is named by its rows' keys.
+DELETE_RETIRED_LISTS_DISTRIBUTED = """
+DELETE FROM image_lists
+WHERE collection_id = $1 AND (image_id, version) IN (
+    SELECT l.image_id, l.version
+    FROM image_lists l JOIN projections p USING (collection_id, version)
+    WHERE l.collection_id = $1 AND p.state = 'retired' LIMIT $2)
 """
 
 DELETE_RETIRED_PROJECTIONS = """

@@ -51,8 +51,10 @@ def _collection(row: Record) -> Collection:
 class Store:
     """Every read and write of the search service goes through here."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, distributed: bool = False) -> None:
         self.pool = pool
+        # On a Citus coordinator: the few statements that differ there (sql.*_DISTRIBUTED).
+        self.distributed = distributed
         self._versions: dict[tuple[int, int], ProjectionVersion] = {}
 
     # -- collections ------------------------------------------------------------
@@ -109,6 +111,8 @@ class Store:
         """Deletes a collection (empties the default one); returns the images removed."""
         found = await self.collection(name)
         async with database_errors(), self.pool.acquire() as connection, connection.transaction():
+            if self.distributed:
+                await connection.execute(sql.SEQUENTIAL)
             count: int = await connection.fetchval(sql.COUNT_IMAGES, found.id)
             if found.name == DEFAULT_COLLECTION:
                 await connection.execute(sql.DELETE_PROJECTIONS, found.id)
@@ -224,13 +228,22 @@ class Store:
                         fitted = await self.version(collection, version)
                         entries[version] = await asyncio.to_thread(fitted.entries, vectors)
                 rows = await connection.fetch(
-                    sql.UPSERT_IMAGES,
+                    sql.UPSERT_IMAGES_DISTRIBUTED if self.distributed else sql.UPSERT_IMAGES,
                     collection.id,
                     [i.key for i in images],
                     [i.content_sha256 for i in images],
                     [i.metadata for i in images],
                     [i.embedding.astype("<f4").tobytes() for i in images],
                 )
+                if len(rows) < len(images):
+                    written = {r["key"] for r in rows}
+                    refused = [i.key for i in images if i.key not in written]
+                    # The transaction rolls back: nothing of the batch is written.
+                    raise AlreadyExists(
+                        f"key {refused[0]!r} hashes to the id of another key of collection "
+                        f"{collection.name!r} (a 63-bit hash collision); store it under "
+                        "another key"
+                    )
                 if live and rows:
                     ids = {r["key"]: r["id"] for r in rows}
                     image_ids = [ids[i.key] for i in images]

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real PostgreSQL cluster, fresh databases, grpcurl."""
+"""Shared fixtures: a real PostgreSQL cluster (or Citus cluster), fresh databases, grpcurl."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from devenv.citus import LocalCitus
 from devenv.postgres import LocalPostgres
 
 TEMPLATE = "imagesearch_test_template"
@@ -37,14 +38,78 @@ def postgres() -> Iterator[LocalPostgres]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def citus() -> Iterator[LocalCitus]:
+    """One throwaway Citus cluster (a coordinator, two workers), started only for the
+    tests run on that backend; every node has a template database with citus and cube."""
+    data_dir = Path(tempfile.mkdtemp(prefix="imagesearch-citus-"))
+    data_dir.chmod(0o755)
+    cluster = LocalCitus(data_dir / "data", durable=False)
+    try:
+        cluster.start()
+        for node in cluster.nodes:
+            node.psql(f"CREATE DATABASE {TEMPLATE}")
+            node.psql("CREATE EXTENSION citus; CREATE EXTENSION cube", TEMPLATE)
+            # Citus's maintenance daemon stays connected to a database with citus, and a
+            # template in use cannot be copied: closed to connections, it stays away.
+            node.psql(
+                f"ALTER DATABASE {TEMPLATE} WITH ALLOW_CONNECTIONS false; "
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{TEMPLATE}'"
+            )
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 @pytest.fixture
-async def database_url(postgres: LocalPostgres) -> AsyncIterator[str]:
-    """A fresh, empty database (cube installed) for one test; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    await _admin(postgres, f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
-    yield postgres.dsn(name)
-    # A fresh connection: a test may have restarted the server meanwhile.
-    await _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def backend(request: pytest.FixtureRequest) -> str:
+    """ "postgres" (single node), unless a test is parametrised over tests.backends.BOTH."""
+    return getattr(request, "param", "postgres")
+
+
+NewDatabase = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+async def new_database(request: pytest.FixtureRequest) -> AsyncIterator[NewDatabase]:
+    """Makes fresh, empty databases (cube installed) on a backend ("postgres" or
+    "citus"), dropped after the test. On Citus a database exists on every node, and
+    the coordinator's lists the workers."""
+    made: list[tuple[list[LocalPostgres], str]] = []
+
+    async def make(backend: str) -> str:
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        cluster: LocalCitus | None = None
+        if backend == "citus":
+            cluster = request.getfixturevalue("citus")
+            nodes = cluster.nodes
+        else:
+            nodes = [request.getfixturevalue("postgres")]
+        made.append((nodes, name))
+        for node in nodes:
+            await _admin(node, f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+        if cluster is not None:
+            connection = await asyncpg.connect(cluster.dsn(name))
+            try:
+                for statement in cluster.registration():
+                    await connection.execute(statement)
+            finally:
+                await connection.close()
+        return nodes[0].dsn(name)
+
+    yield make
+    # A fresh connection: a test may have restarted a server meanwhile.
+    for nodes, name in made:
+        for node in nodes:
+            await _admin(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(new_database: NewDatabase, backend: str) -> str:
+    """A fresh, empty database for one test on its backend (single node by default)."""
+    return await new_database(backend)
 
 
 async def _admin(postgres: LocalPostgres, statement: str) -> None:

@@ -23,11 +23,12 @@ async def extractor_address(lite0_model_dir: Path) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def start_search(database_url: str) -> AsyncIterator[StartSearch]:
-    """Starts SearchApps on port 0 against the test's database, with overrides."""
+    """Starts SearchApps on port 0 against the test's database (unless overrides name
+    another database_url), with overrides."""
     async with Stack() as stack:
 
         async def start(**overrides: Any) -> tuple[SearchApp, Stub]:
-            app = await stack.search(database_url, **overrides)
+            app = await stack.search(overrides.pop("database_url", database_url), **overrides)
             return app, stack.search_stub(app)
 
         yield start

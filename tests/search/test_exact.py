@@ -13,6 +13,7 @@ from imagesearch.search.v1 import search_pb2
 from search_service.domain import Query
 from search_service.ranking import Work
 from search_service.vectors import unit
+from tests.backends import BOTH
 from tests.search.conftest import StartSearch, Stub
 
 DIM = 128
@@ -90,6 +91,7 @@ async def _fitted(start_search: StartSearch, matrix: np.ndarray, dimensions: int
     return app, stub
 
 
+@BOTH
 @pytest.mark.parametrize("dataset", list(DATASETS))
 async def test_exact_equals_brute_force_hit_for_hit(
     start_search: StartSearch, dataset: str
@@ -109,6 +111,7 @@ async def test_exact_equals_brute_force_hit_for_hit(
         np.testing.assert_allclose([h.distance for h in hits], distances[:25], rtol=0, atol=1e-9)
 
 
+@BOTH
 async def test_exact_keeps_max_distance_filter_exclusion_and_pages(
     start_search: StartSearch,
 ) -> None:
@@ -180,6 +183,7 @@ async def test_small_collection_ranks_in_the_service_without_a_projection(
     np.testing.assert_allclose([h.distance for h in response.hits], distances[:30], rtol=1e-6)
 
 
+@BOTH
 async def test_collection_fits_early_and_refits_as_it_grows(start_search: StartSearch) -> None:
     app, stub = await start_search(
         extractor_address="127.0.0.1:1", auto_fit_threshold=200, refit_growth=2.0
@@ -201,6 +205,7 @@ async def test_collection_fits_early_and_refits_as_it_grows(start_search: StartS
     assert [h.key for h in response.hits] == _brute_force(matrix, query)[0][:10]
 
 
+@BOTH
 async def test_ingest_racing_a_refit_loses_nothing(start_search: StartSearch) -> None:
     app, stub = await _fitted(start_search, _clustered(1000, 7), dimensions=16)
     more = _clustered(600, 8)
@@ -263,6 +268,7 @@ async def test_collections_per_database_are_bounded(start_search: StartSearch) -
     await stub.CreateCollection(search_pb2.CreateCollectionRequest(name="c"))
 
 
+@BOTH
 async def test_exact_started_on_a_retired_version_ranks_on_the_new_one(
     start_search: StartSearch,
 ) -> None:

@@ -14,6 +14,7 @@ from imagesearch.search.v1 import search_pb2
 from search_service import ranking
 from search_service.schema import migrate
 from tests import photos
+from tests.backends import BOTH
 from tests.search.conftest import StartSearch, Stub
 
 MODEL = search_pb2.Model(name="synthetic", version="v1", dimension=32)
@@ -79,6 +80,7 @@ async def expect_error(call: object, code: grpc.StatusCode, *fragments: str) -> 
 # -- ranking ------------------------------------------------------------------
 
 
+@BOTH
 async def test_exact_search_matches_numpy_brute_force(vectors_only: Stub) -> None:
     matrix = clustered(300)
     await ingest_vectors(vectors_only, matrix)
@@ -100,6 +102,7 @@ async def test_exact_search_matches_numpy_brute_force(vectors_only: Stub) -> Non
     assert response.mode == search_pb2.SEARCH_MODE_EXACT
 
 
+@BOTH
 @pytest.mark.parametrize("rerank_chunk", [500, 64], ids=["four-parts", "ten-parts"])
 async def test_fast_with_full_recall_equals_exact(
     vectors_only: Stub, rerank_chunk: int, monkeypatch: pytest.MonkeyPatch
@@ -141,6 +144,7 @@ async def test_fast_with_full_recall_equals_exact(
     assert default.mode == search_pb2.SEARCH_MODE_FAST  # a ready projection makes FAST the default
 
 
+@BOTH
 async def test_refit_publishes_a_new_version_and_new_images_join_its_lists(
     vectors_only: Stub,
 ) -> None:
@@ -168,6 +172,7 @@ async def test_refit_publishes_a_new_version_and_new_images_join_its_lists(
     assert stats.collection.image_count == 301
 
 
+@BOTH
 async def test_pages_concatenate_to_the_full_ranking(vectors_only: Stub) -> None:
     matrix = clustered(50, seed=3)
     await ingest_vectors(vectors_only, matrix)
@@ -188,6 +193,7 @@ async def test_pages_concatenate_to_the_full_ranking(vectors_only: Stub) -> None
     assert [h.rank for h in whole.hits] == list(range(1, 51))
 
 
+@BOTH
 async def test_filter_and_max_distance_narrow_the_hits(vectors_only: Stub) -> None:
     matrix = clustered(90, seed=4)
     await ingest_vectors(vectors_only, matrix)
@@ -205,6 +211,7 @@ async def test_filter_and_max_distance_narrow_the_hits(vectors_only: Stub) -> No
     assert len(near.hits) < 90
 
 
+@BOTH
 async def test_search_by_key_leaves_the_key_out(vectors_only: Stub) -> None:
     matrix = clustered(40, seed=5)
     await ingest_vectors(vectors_only, matrix)
@@ -277,6 +284,7 @@ async def test_stream_ingest_answers_each_message_in_order(search: Stub) -> None
     assert {r.status for r in results[:2] + results[3:]} == {search_pb2.INGEST_STATUS_CREATED}
 
 
+@BOTH
 async def test_concurrent_stream_batches_answer_in_order_and_last_write_wins(
     start_search: StartSearch,
 ) -> None:
@@ -480,6 +488,7 @@ async def test_postgres_restart_fails_in_flight_then_recovers(
 # -- records and collections -------------------------------------------------------
 
 
+@BOTH
 async def test_collections_are_separate_and_bound_to_their_model(vectors_only: Stub) -> None:
     created = await vectors_only.CreateCollection(
         search_pb2.CreateCollectionRequest(name="products", model=MODEL)
@@ -512,6 +521,7 @@ async def test_collections_are_separate_and_bound_to_their_model(vectors_only: S
     )
 
 
+@BOTH
 async def test_stored_vector_comes_back_exactly(vectors_only: Stub) -> None:
     values = clustered(1, seed=9)[0]
     await vectors_only.Ingest(search_pb2.IngestRequest(items=[vector_item("x", values, a="b")]))
@@ -535,12 +545,13 @@ async def test_collection_fits_its_projection_once_large_enough(
     assert stats.collection.projection.fitted_on >= 100
 
 
+@BOTH
 async def test_migrations_apply_once(database_url: str) -> None:
     import asyncpg
 
     connection = await asyncpg.connect(database_url)
     try:
-        assert await migrate(connection) == [1, 2, 3]
+        assert await migrate(connection) == [1, 2, 3, 4]
         assert await migrate(connection) == []
     finally:
         await connection.close()
