@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -72,7 +73,8 @@ async def test_every_line_of_a_failed_call_carries_its_request_id(
             search_pb2.SearchRequest(key="k", top_k=5000), metadata=(("x-request-id", "bad-1"),)
         )
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert failed.value.trailing_metadata()["x-request-id"] == "bad-1"
+    trailers: Any = failed.value.trailing_metadata()  # grpc.aio.Metadata, typed as a tuple
+    assert trailers["x-request-id"] == "bad-1"
     during = [r for r in logged.records if getattr(r, "request_id", None) == "bad-1"]
     assert {r.name for r in during} >= {"access", "service_core.interceptor"}
     [line] = access_lines(logged, SEARCH)
