@@ -1,6 +1,16 @@
-"""Every SQL statement of the search service, parameterised; nothing is formatted in."""
+"""Every SQL statement of the search service, parameterised: no value is formatted in."""
 
 from __future__ import annotations
+
+
+def key_id(key: str, collection: str = "$1") -> str:
+    """On Citus, the id of the image ``key`` of ``collection`` (SQL expressions): a hash
+    of the pair cut to 63 bits, the row's distribution column (0004_citus.sql gives rows
+    that came from one node the same). It places the row, and the primary key on it is
+    what keeps a key unique. Named in a WHERE clause, it lets Citus route a look-up by key
+    to the one shard that holds it instead of asking every shard."""
+    return f"greatest(hashtextextended({key}, {collection}) & 9223372036854775807, 1)"
+
 
 COLLECTION_BY_NAME = """
 SELECT id, name, model_name, model_version, dimension, serving_version, created_at
@@ -86,6 +96,12 @@ SELECT key, content_sha256, metadata FROM images
 WHERE collection_id = $1 AND key = ANY($2::text[])
 """
 
+# On Citus, statements on a batch of keys also name their ids ($3), which the store first
+# asks the coordinator for (KEY_IDS, a query of no table): Citus prunes shards on an
+# array parameter, not on an expression computed from one.
+KEY_IDS = f"SELECT coalesce(array_agg({key_id('k')}), '{{}}') FROM unnest($2::text[]) AS k"  # noqa: S608
+EXISTING_DISTRIBUTED = EXISTING.rstrip() + " AND id = ANY($3::bigint[])\n"
+
 # A batch upserted straight from array parameters: a staging table would write every
 # 16 KiB vector once more (into its own TOAST) before the real write (measured 1.3-1.8x
 # slower at 4096-D).
@@ -102,14 +118,13 @@ SET content_sha256 = EXCLUDED.content_sha256,
 RETURNING i.id, i.key, (i.xmax = 0) AS created
 """
 
-# On Citus (search_service/migrations/0004_citus.sql) an image's id is a hash of its
-# collection and key, the row's distribution column: it places the row, and the primary
-# key on it is what keeps a key unique. A key whose hash another key already holds is
-# neither written nor returned: the store refuses it. (Citus evaluates only immutable
-# functions in DO UPDATE: the new updated_at is the proposed row's default, now().)
-UPSERT_IMAGES_DISTRIBUTED = """
+
+# On Citus: a key whose hash another key already holds is neither written nor returned:
+# the store refuses it. (Citus evaluates only immutable functions in DO UPDATE: the new
+# updated_at is the proposed row's default, now().) Formatted from constants only.
+UPSERT_IMAGES_DISTRIBUTED = f"""
 INSERT INTO images AS i (id, collection_id, key, content_sha256, metadata, embedding)
-SELECT greatest(hashtextextended(s.key, $1) & 9223372036854775807, 1),
+SELECT {key_id("s.key")},
        $1, s.key, s.content_sha256, s.metadata, s.embedding
 FROM unnest($2::text[], $3::bytea[], $4::jsonb[], $5::bytea[])
     AS s (key, content_sha256, metadata, embedding)
@@ -120,7 +135,7 @@ SET content_sha256 = EXCLUDED.content_sha256,
     updated_at = EXCLUDED.updated_at
 WHERE i.collection_id = EXCLUDED.collection_id AND i.key = EXCLUDED.key
 RETURNING i.id, i.key, (i.xmax = 0) AS created
-"""
+"""  # noqa: S608
 
 # Whether migration 0004 distributed the tables (on a Citus coordinator): it is what took
 # the identity off images.id, so that the store writes ids itself.
@@ -132,6 +147,7 @@ UPDATE_METADATA = """
 UPDATE images SET metadata = $3, updated_at = now()
 WHERE collection_id = $1 AND key = $2
 """
+UPDATE_METADATA_DISTRIBUTED = UPDATE_METADATA.rstrip() + f" AND id = {key_id('$2')}\n"
 
 CREATE_STAGING_LISTS = """
 CREATE TEMPORARY TABLE staging_lists (
@@ -167,14 +183,20 @@ SELECT model, bounded FROM projections WHERE collection_id = $1 AND version = $2
 """
 
 EMBEDDING_OF = "SELECT embedding FROM images WHERE collection_id = $1 AND key = $2"
+EMBEDDING_OF_DISTRIBUTED = f"{EMBEDDING_OF} AND id = {key_id('$2')}"
 
 IMAGE = """
 SELECT key, content_sha256, metadata, created_at, updated_at, embedding
 FROM images WHERE collection_id = $1 AND key = $2
 """
+IMAGE_DISTRIBUTED = IMAGE.rstrip() + f" AND id = {key_id('$2')}\n"
 
 DELETE_IMAGES = """
 DELETE FROM images WHERE collection_id = $1 AND key = ANY($2::text[]) RETURNING key
+"""
+DELETE_IMAGES_DISTRIBUTED = """
+DELETE FROM images WHERE collection_id = $1 AND key = ANY($2::text[]) AND id = ANY($3::bigint[])
+RETURNING key
 """
 
 # EXACT, step 1: every row of a version whose lower bound can still beat the best hit

@@ -161,7 +161,7 @@ class Store:
     ) -> dict[str, tuple[bytes | None, dict[str, Any]]]:
         """Content hash and metadata of the keys already stored."""
         async with database_errors():
-            rows = await self.pool.fetch(sql.EXISTING, collection.id, list(keys))
+            rows = await self._by_keys(sql.EXISTING, sql.EXISTING_DISTRIBUTED, collection, keys)
         return {r["key"]: (r["content_sha256"], r["metadata"]) for r in rows}
 
     async def write(
@@ -251,7 +251,12 @@ class Store:
                         connection, collection, {v: entries[v] for v in live}, image_ids
                     )
             for key, metadata in metadata_updates:
-                await connection.execute(sql.UPDATE_METADATA, collection.id, key, metadata)
+                await connection.execute(
+                    sql.UPDATE_METADATA_DISTRIBUTED if self.distributed else sql.UPDATE_METADATA,
+                    collection.id,
+                    key,
+                    metadata,
+                )
         return {r["key"]: r["created"] for r in rows}
 
     async def _bind(self, connection: Connection, collection: Collection, model: ModelKey) -> None:
@@ -290,7 +295,11 @@ class Store:
 
     async def embedding(self, collection: Collection, key: str) -> Vector:
         async with database_errors():
-            data = await self.pool.fetchval(sql.EMBEDDING_OF, collection.id, key)
+            data = await self.pool.fetchval(
+                sql.EMBEDDING_OF_DISTRIBUTED if self.distributed else sql.EMBEDDING_OF,
+                collection.id,
+                key,
+            )
         if data is None:
             raise NotFound(
                 f"key {key!r} is not in collection {collection.name!r}",
@@ -301,7 +310,9 @@ class Store:
 
     async def image(self, collection: Collection, key: str) -> StoredImage:
         async with database_errors():
-            row = await self.pool.fetchrow(sql.IMAGE, collection.id, key)
+            row = await self.pool.fetchrow(
+                sql.IMAGE_DISTRIBUTED if self.distributed else sql.IMAGE, collection.id, key
+            )
         if row is None:
             raise NotFound(
                 f"key {key!r} is not in collection {collection.name!r}",
@@ -319,8 +330,21 @@ class Store:
 
     async def delete(self, collection: Collection, keys: Sequence[str]) -> set[str]:
         async with database_errors():
-            rows = await self.pool.fetch(sql.DELETE_IMAGES, collection.id, list(keys))
+            rows = await self._by_keys(
+                sql.DELETE_IMAGES, sql.DELETE_IMAGES_DISTRIBUTED, collection, keys
+            )
         return {r["key"] for r in rows}
+
+    async def _by_keys(
+        self, statement: str, distributed: str, collection: Collection, keys: Sequence[str]
+    ) -> list[Record]:
+        """Runs a statement on a batch of keys ($2); on Citus with their ids as $3, so that
+        it reaches only the shards that hold them."""
+        if not self.distributed:
+            return await self.pool.fetch(statement, collection.id, list(keys))
+        async with self.pool.acquire() as connection:
+            ids = await connection.fetchval(sql.KEY_IDS, collection.id, list(keys))
+            return await connection.fetch(distributed, collection.id, list(keys), ids)
 
     # -- what ranking reads -----------------------------------------------------
 

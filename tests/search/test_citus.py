@@ -158,6 +158,43 @@ async def test_candidate_stage_runs_order_by_limit_inside_each_shard_rerank_read
     assert _in_order(tasks[0], "Limit", "->  Sort", "->  Custom Scan (Citus Adaptive)"), plan
 
 
+@pytest.mark.parametrize("backend", ["citus"], indirect=True)
+async def test_look_ups_by_key_reach_only_the_shards_that_hold_the_keys(
+    start_search: StartSearch, database_url: str
+) -> None:
+    _, stub = await start_search(extractor_address="127.0.0.1:1")
+    await ingest_vectors(stub, clustered(200, seed=5))
+    stored = await _fetch(
+        database_url,
+        "SELECT collection_id, key, id, get_shard_id_for_distribution_column('images', id)"
+        " AS shard FROM images ORDER BY key LIMIT 3",
+    )
+    collection, keys = stored[0]["collection_id"], [r["key"] for r in stored]
+    connection = await asyncpg.connect(database_url)
+    try:
+        # The ids the store computes for a batch of keys are those the upsert stored.
+        ids = await connection.fetchval(sql.KEY_IDS, collection, keys)
+        assert ids == [r["id"] for r in stored]
+
+        async def plan(statement: str, *args: object) -> str:
+            return "\n".join(r[0] for r in await connection.fetch("EXPLAIN " + statement, *args))
+
+        for single in (sql.IMAGE_DISTRIBUTED, sql.EMBEDDING_OF_DISTRIBUTED):
+            assert "Task Count: 1\n" in await plan(single, collection, keys[0])
+        shards = len({r["shard"] for r in stored})
+        for batch in (sql.EXISTING_DISTRIBUTED, sql.DELETE_IMAGES_DISTRIBUTED):
+            assert f"Task Count: {shards}\n" in await plan(batch, collection, keys, ids)
+        # The same statements on the rows, as the service runs them.
+        found = await connection.fetch(sql.EXISTING_DISTRIBUTED, collection, keys, ids)
+        assert sorted(r["key"] for r in found) == keys
+    finally:
+        await connection.close()
+    got = await stub.GetImage(search_pb2.GetImageRequest(key=keys[0]))
+    assert got.image.key == keys[0]
+    deleted = await stub.DeleteImages(search_pb2.DeleteImagesRequest(keys=[*keys, "absent"]))
+    assert (deleted.deleted_count, list(deleted.missing_keys)) == (3, ["absent"])
+
+
 def _in_order(text: str, *parts: str) -> bool:
     at = [text.find(part) for part in parts]
     return -1 not in at and at == sorted(at)
