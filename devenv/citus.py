@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from devenv.postgres import DEFAULT_DATABASE, LocalPostgres, PostgresError
+from devenv.postgres import DEFAULT_DATABASE, LocalPostgres, PostgresError, act
 
 DEFAULT_DATA_DIR = Path(".data/citus")
 WORKERS = 2
@@ -94,20 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         default=Path(os.environ.get("IMAGESEARCH_CITUSDATA", DEFAULT_DATA_DIR)),
     )
     options = parser.parse_args(argv)
-    try:
-        cluster = LocalCitus(options.data_dir)
-        if options.action == "start":
-            print(cluster.start())
-        elif options.action == "stop":
-            cluster.stop()
-        elif options.action == "status":
-            running = cluster.is_running()
-            print(f"{'running' if running else 'stopped'}: {cluster.data_dir}")
-            sys.exit(0 if running else 3)
-        else:
-            print(cluster.dsn())
-    except PostgresError as error:
-        sys.exit(f"error: {error}")
+    cluster = LocalCitus(options.data_dir)
+    act(options.action, cluster, start=cluster.start)
 
 
 if __name__ == "__main__":

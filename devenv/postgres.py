@@ -20,8 +20,9 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 INSTALL_HINT = "install them with: apt-get install postgresql postgresql-contrib"
 DEFAULT_DATA_DIR = Path(".data/postgres")
@@ -230,13 +231,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=None, help="port for a new cluster")
     options = parser.parse_args(argv)
+    cluster = LocalPostgres(options.data_dir)
+    act(options.action, cluster, start=lambda: cluster.start(options.port))
+
+
+class Cluster(Protocol):
+    """What ``act`` manages: a LocalPostgres, or a LocalCitus of several."""
+
+    data_dir: Path
+
+    def stop(self) -> None: ...
+
+    def is_running(self) -> bool: ...
+
+    def dsn(self) -> str: ...
+
+
+def act(action: str, cluster: Cluster, *, start: Callable[[], str]) -> None:
+    """Does a command line's ``action`` (start, stop, status, dsn) to ``cluster``: what
+    it prints, and its exit status (3: status found it stopped)."""
     try:
-        cluster = LocalPostgres(options.data_dir)
-        if options.action == "start":
-            print(cluster.start(options.port))
-        elif options.action == "stop":
+        if action == "start":
+            print(start())
+        elif action == "stop":
             cluster.stop()
-        elif options.action == "status":
+        elif action == "status":
             running = cluster.is_running()
             print(f"{'running' if running else 'stopped'}: {cluster.data_dir}")
             sys.exit(0 if running else 3)
