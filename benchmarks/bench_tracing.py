@@ -10,7 +10,8 @@ BatchSpanProcessor) with an exporter that drops the spans, so the figure is the 
 work and not a collector's. Off and on alternate, ``--rounds`` times each; medians over
 all runs. On a shared machine the calls' medians move by a millisecond or more from run
 to run, so it also times what one span costs the SDK alone (start, attributes, end),
-which with the spans a call makes bounds what tracing adds to it.
+which with the spans a call makes bounds what tracing adds to it. With
+OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=asyncpg "on" leaves out the database spans.
 The model is EfficientNet-Lite0, exported to a temporary directory unless given.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -36,7 +38,7 @@ from devenv.postgres import LocalPostgres
 from devenv.stack import Stack, address
 from imagesearch.extractor.v1 import extractor_pb2
 from imagesearch.search.v1 import search_pb2
-from service_core.tracing import Tracing
+from service_core.tracing import Tracing, database_spans_wanted
 
 VECTORS = 500
 
@@ -57,7 +59,8 @@ def _tracing(exporter: _Dropped | None) -> Tracing:
         return Tracing()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider)
+    # OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=asyncpg: the cost without the database spans.
+    return Tracing(provider, database_spans=database_spans_wanted(os.environ))
 
 
 async def _timed(call: Callable[[], Awaitable[object]], count: int) -> tuple[list[float], float]:

@@ -37,6 +37,9 @@ class Tracing:
     """The tracer provider the servers report spans to; ``None``: tracing is off."""
 
     provider: TracerProvider | None = None
+    # Spans for every database query. They are most of what tracing costs a search
+    # (docs/observability.md); OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=asyncpg leaves them out.
+    database_spans: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -76,7 +79,7 @@ class Tracing:
 
         The instrumentation patches asyncpg's classes for the whole process.
         """
-        if self.provider is None:
+        if self.provider is None or not self.database_spans:
             return lambda: None
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
@@ -112,7 +115,8 @@ def tracing_from_environment(
 ) -> Tracing:
     """The Tracing that the OTEL_* variables of ``environ`` (the process's) ask for.
 
-    This reads OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER and OTEL_SERVICE_NAME; the
+    This reads OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER, OTEL_SERVICE_NAME and
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS (of ours, only "asyncpg" can be left out); the
     SDK itself reads the others (OTEL_TRACES_SAMPLER and its _ARG, OTEL_EXPORTER_OTLP_*,
     OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*) from the process environment, as every
     OpenTelemetry SDK does. Raises ValueError for an exporter that is not installed.
@@ -134,7 +138,14 @@ def tracing_from_environment(
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider)
+    return Tracing(provider, database_spans=database_spans_wanted(environ))
+
+
+def database_spans_wanted(environ: Mapping[str, str]) -> bool:
+    """False when OTEL_PYTHON_DISABLED_INSTRUMENTATIONS lists asyncpg (the variable the
+    OpenTelemetry Python distribution reads for the same)."""
+    disabled = environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+    return "asyncpg" not in {name.strip().lower() for name in disabled}
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> Any:

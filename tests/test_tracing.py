@@ -174,6 +174,27 @@ def test_standard_variables_turn_tracing_on(environ: dict[str, str], enabled: bo
         tracing.shutdown()
 
 
+async def test_database_spans_can_be_left_out_by_the_standard_variable(
+    database_url: str,
+) -> None:
+    environ = {
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "asyncpg",
+    }
+    plain = asyncpg.connection.Connection.fetch
+    tracing = tracing_from_environment("imagesearch-search", environ)
+    try:
+        assert tracing.enabled
+        assert not tracing.database_spans
+        async with Stack(tracing=tracing) as stack:
+            app = await stack.search(database_url, extractor_address="127.0.0.1:1")
+            assert asyncpg.connection.Connection.fetch is plain  # not patched
+            assert app.tracing.server_interceptors() != []  # the calls are still traced
+    finally:
+        tracing.shutdown()
+    assert tracing_from_environment("x", {"OTEL_TRACES_EXPORTER": "none"}).database_spans
+
+
 def test_service_name_comes_from_otel_service_name() -> None:
     environ = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "search-eu"}
     tracing = tracing_from_environment("imagesearch-search", environ)
