@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,22 @@ async def wired(database_url: str, lite0_model_dir: Path) -> AsyncIterator[Searc
         yield stack.search_stub(app)
 
 
-def access_lines(caplog: pytest.LogCaptureFixture, method: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "access" and getattr(r, "method", "") == method]
+async def access_lines(
+    caplog: pytest.LogCaptureFixture, method: str, count: int = 1
+) -> list[logging.LogRecord]:
+    """The access-log lines of ``method``, once ``count`` of them are there (or after 5 s).
+
+    A failed call's line is written as its handler unwinds, which may be just after the
+    caller has its status: the status goes out when the error interceptor aborts.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            r for r in caplog.records if r.name == "access" and getattr(r, "method", "") == method
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.01)
 
 
 async def test_a_request_id_is_returned_logged_and_passed_to_the_extractor(
@@ -55,8 +71,8 @@ async def test_a_request_id_is_returned_logged_and_passed_to_the_extractor(
     )
     await call
     assert (await call.trailing_metadata())["x-request-id"] == "req-42/a.b"
-    [search] = access_lines(logged, SEARCH)
-    [embed] = access_lines(logged, EMBED)  # the extractor's own line, in this process
+    [search] = await access_lines(logged, SEARCH)
+    [embed] = await access_lines(logged, EMBED)  # the extractor's own line, in this process
     for line in (search, embed):
         assert line.request_id == "req-42/a.b"  # type: ignore[attr-defined]
         assert line.code == "OK"  # type: ignore[attr-defined]
@@ -75,9 +91,9 @@ async def test_every_line_of_a_failed_call_carries_its_request_id(
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     trailers: Any = failed.value.trailing_metadata()  # grpc.aio.Metadata, typed as a tuple
     assert trailers["x-request-id"] == "bad-1"
+    [line] = await access_lines(logged, SEARCH)
     during = [r for r in logged.records if getattr(r, "request_id", None) == "bad-1"]
     assert {r.name for r in during} >= {"access", "service_core.interceptor"}
-    [line] = access_lines(logged, SEARCH)
     assert line.code == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
     assert line.levelno == logging.WARNING
 
@@ -92,7 +108,7 @@ async def test_without_a_request_id_each_call_gets_a_fresh_one(
         ids.append((await call.trailing_metadata())["x-request-id"])
     assert all(re.fullmatch("[0-9a-f]{32}", str(i)) for i in ids)
     assert ids[0] != ids[1]
-    lines = access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections")
+    lines = await access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections", 2)
     assert [line.request_id for line in lines] == ids  # type: ignore[attr-defined]
 
 
@@ -106,7 +122,7 @@ async def test_an_unusable_request_id_is_replaced_and_said_so(
     await call
     returned = (await call.trailing_metadata())["x-request-id"]
     assert re.fullmatch("[0-9a-f]{32}", str(returned))
-    [line] = access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections")
+    [line] = await access_lines(logged, "/imagesearch.search.v1.SearchService/ListCollections")
     assert line.request_id == returned  # type: ignore[attr-defined]
     assert line.request_id_replaced is True  # type: ignore[attr-defined]
 
@@ -135,7 +151,7 @@ async def test_streams_get_a_request_id_and_an_access_line_too(
         responses = [response async for response in call]
         assert len(responses) == 1
         assert (await call.trailing_metadata())["x-request-id"] == "bulk-7"
-    [line] = access_lines(logged, "/imagesearch.search.v1.SearchService/IngestStream")
+    [line] = await access_lines(logged, "/imagesearch.search.v1.SearchService/IngestStream")
     assert (line.code, line.request_id) == ("OK", "bulk-7")  # type: ignore[attr-defined]
 
 
@@ -149,8 +165,11 @@ async def test_sampling_leaves_out_successes_but_never_failures(
             await stub.GetModelInfo(extractor_pb2.GetModelInfoRequest())
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Embed(extractor_pb2.EmbedRequest())
-    assert access_lines(logged, "/imagesearch.extractor.v1.ExtractorService/GetModelInfo") == []
-    [failure] = access_lines(logged, EMBED)
+    assert (
+        await access_lines(logged, "/imagesearch.extractor.v1.ExtractorService/GetModelInfo", 0)
+        == []
+    )
+    [failure] = await access_lines(logged, EMBED)
     assert failure.code == "INVALID_ARGUMENT"  # type: ignore[attr-defined]
 
 

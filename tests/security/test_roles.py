@@ -16,6 +16,7 @@ from search_service.app import ROLES
 from service_core.auth import Role, hash_token
 from tests.security.channels import bearer, health_code, tls_channel
 from tests.security.conftest import TOKENS, Pki, StartApp, callers_file
+from tests.test_access_log import access_lines
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -335,11 +336,10 @@ async def test_the_access_log_names_the_caller_and_its_role(
             await stub.CreateCollection(
                 search_pb2.CreateCollectionRequest(name="x"), metadata=bearer(TOKENS["writer"])
             )
-    lines = [r for r in caplog.records if r.name == "access"]
-    listed = [r for r in lines if getattr(r, "method", "") == method]
+    listed = await access_lines(caplog, method, 2)
     assert [(getattr(r, "code", None), getattr(r, "caller", None)) for r in listed] == [
         ("OK", "reader-user (reader)"),
         ("UNAUTHENTICATED", None),
     ]
-    [denied] = [r for r in lines if getattr(r, "method", "").endswith("/CreateCollection")]
+    [denied] = await access_lines(caplog, "/imagesearch.search.v1.SearchService/CreateCollection")
     assert getattr(denied, "caller", None) == "writer-user (writer)"
