@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from imagesearch.client.errors import from_rpc_error, from_status
 from imagesearch.extractor.v1 import extractor_pb2, extractor_pb2_grpc
 from search_service.domain import ModelKey, Vector
 from service_core.access_log import RequestIdForwarder
@@ -18,8 +19,6 @@ from service_core.errors import (
     DeadlineExceeded,
     ServiceError,
     error_for,
-    peer_details,
-    peer_status,
 )
 from service_core.metrics import RpcMetrics
 from service_core.tls import ClientTlsFiles, ReloadingChannel
@@ -204,10 +203,12 @@ class ExtractorClient:
     def _outcome(result: extractor_pb2.EmbedResult) -> Embedded:
         if result.WhichOneof("outcome") == "embedding":
             return Embedded(np.asarray(result.embedding.values, dtype=np.float32))
-        reason, retry_after = peer_details(
-            result.rpc_status if result.HasField("rpc_status") else None
+        if not result.HasField("rpc_status"):  # an extractor older than google.rpc details
+            return Embedded(None, result.error.code, result.error.message)
+        status = from_status(result.rpc_status)
+        return Embedded(
+            None, result.error.code, result.error.message, status.reason or None, status.retry_delay
         )
-        return Embedded(None, result.error.code, result.error.message, reason, retry_after)
 
     def _translate(self, error: grpc.aio.AioRpcError) -> ServiceError:
         """The extractor's own status, so a caller can tell its fault from a busy peer."""
@@ -217,11 +218,12 @@ class ExtractorClient:
                 f"the extractor at {self.address} did not answer in time",
                 reason="EXTRACTOR_DEADLINE_EXCEEDED",
             )
-        reason, retry_after = peer_details(peer_status(error))
+        # The google.rpc details, read as the project's client reads them.
+        status = from_rpc_error(error)
         return error_for(
             code,
             f"the extractor at {self.address} answered {code.name}: {details}",
-            reason=reason,
+            reason=status.reason or None,
             metadata={"dependency": "extractor"},
-            retry_after=retry_after,
+            retry_after=status.retry_delay,
         )

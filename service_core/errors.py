@@ -4,11 +4,11 @@ interceptor maps them."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 # ErrorInfo.domain of every error this project's services raise.
@@ -213,28 +213,3 @@ def error_for(
         retry_after=retry_after,
         retryable=retryable,
     )
-
-
-def peer_details(status: status_pb2.Status | None) -> tuple[str | None, float | None]:
-    """(ErrorInfo reason, RetryInfo delay in seconds) of a status a dependency sent."""
-    reason, retry_after = None, None
-    for detail in status.details if status is not None else ():
-        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            reason = info.reason or None
-        elif detail.Unpack(retry):
-            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
-    return reason, retry_after
-
-
-def peer_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    """The google.rpc.Status a failed call's trailing metadata carries, if any."""
-    # grpc.aio's Metadata, pairs of (key, value); grpc-stubs types it otherwise.
-    metadata: Any = error.trailing_metadata() or ()
-    for key, value in metadata:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            try:
-                return status_pb2.Status.FromString(value)
-            except DecodeError:
-                return None
-    return None
