@@ -9,7 +9,6 @@ with each call this service makes to another one (``RequestIdForwarder``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import re
@@ -21,7 +20,7 @@ from typing import Any
 import grpc
 
 from service_core import logs
-from service_core.handlers import rewrap
+from service_core.handlers import responses_of, rewrap
 from service_core.logs import request_id
 
 log = logging.getLogger("access")
@@ -138,12 +137,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             failure: BaseException | None = None
             try:
                 _return_id(context, call.id)
-                responses = behavior(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # a handler that writes with context.write()
-                    await responses
+                async for response in responses_of(behavior, request, context):
+                    yield response
             except BaseException as error:
                 failure = error
                 raise

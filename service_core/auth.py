@@ -22,7 +22,6 @@ import argparse
 import enum
 import hashlib
 import hmac
-import inspect
 import logging
 import secrets
 import sys
@@ -37,7 +36,7 @@ import grpc
 
 from service_core import logs
 from service_core.errors import PermissionDenied, ResourceExhausted, Unauthenticated
-from service_core.handlers import rewrap
+from service_core.handlers import responses_of, rewrap
 from service_core.settings import ServerSettings
 from service_core.tls import Stamp, stamp
 
@@ -297,12 +296,8 @@ def _streaming(behavior: Behavior, check: Callable[[Any], None]) -> Behavior:
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         check(context)
-        responses = behavior(request, context)
-        if inspect.isasyncgen(responses):
-            async for response in responses:
-                yield response
-        else:  # a handler that writes with context.write()
-            await responses
+        async for response in responses_of(behavior, request, context):
+            yield response
 
     return wrapped
 

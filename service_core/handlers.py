@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -34,3 +35,16 @@ def rewrap(
         return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream, False), **codec)
     assert handler.stream_stream is not None  # one of the four is always set
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream, True), **codec)
+
+
+async def responses_of(
+    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour, whether it yields them (an async
+    generator) or writes them itself with context.write() (then none come out here)."""
+    responses = behavior(request, context)
+    if inspect.isasyncgen(responses):
+        async for response in responses:
+            yield response
+    else:
+        await responses

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import uuid
@@ -15,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service_core.errors import InvalidArgument, ServiceError, rich_status
-from service_core.handlers import rewrap
+from service_core.handlers import responses_of, rewrap
 from service_core.metrics import RpcMetrics, rpc_type
 
 log = logging.getLogger(__name__)
@@ -139,13 +138,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 else:
                     calls.received_total.inc()
                     request = _checked(request)
-                responses = behavior(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        calls.sent_total.inc()
-                        yield response
-                else:  # a handler that writes with context.write()
-                    await responses
+                async for response in responses_of(behavior, request, context):
+                    calls.sent_total.inc()
+                    yield response
                 code = context.code() or grpc.StatusCode.OK
             except BaseException as error:  # noqa: BLE001 - classified, then re-raised
                 code = _code_for(error, context)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from service_core.errors import DeadlineExceeded, ResourceExhausted
-from service_core.handlers import rewrap
+from service_core.handlers import responses_of, rewrap
 
 Behavior = Callable[..., Any]
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -146,12 +145,8 @@ class SheddingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     size = _size(request)
                     self.budget.take_bytes(size, method)
                     held = size
-                responses = behavior(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # a handler that writes with context.write()
-                    await responses
+                async for response in responses_of(behavior, request, context):
+                    yield response
             finally:
                 self.budget.give_bytes(held)
                 self.budget.release_call()
